@@ -1,0 +1,51 @@
+# cityviz — the two commands a new user needs:
+#   make demo   build the embedded synthetic data set, precompute everything, serve the dashboard
+#   make test   lint + the whole test suite (unit, pipeline, AppTest, real browser)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CACHE  ?= cache/synthetic-demo
+PROFILE ?= demo
+PORT   ?= 8501
+HOST   ?= 127.0.0.1
+ARGS   ?=
+
+.PHONY: demo precompute serve test lint bench clean-cache
+
+$(BIN)/.runtime: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $@
+
+$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+demo: precompute
+	@echo ""
+	@echo "Serving the dashboard at http://$(HOST):$(PORT)  (Ctrl-C to stop)"
+	$(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
+		--server.headless true --browser.gatherUsageStats false -- --cache $(CACHE)
+
+precompute: $(BIN)/.runtime
+	$(BIN)/python -m precompute --profile $(PROFILE) --cache $(CACHE) $(ARGS)
+
+serve: $(BIN)/.runtime
+	$(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
+		--server.headless true --browser.gatherUsageStats false -- --cache $(CACHE)
+
+lint: $(BIN)/.dev
+	$(BIN)/ruff check .
+
+test: $(BIN)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+
+bench: $(BIN)/.dev
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/cam.py
+	$(BIN)/python bench/embed.py
+
+clean-cache:
+	rm -rf $(CACHE)

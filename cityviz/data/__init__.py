@@ -1,0 +1,1 @@
+"""Data sets: the synthetic default, folders of city photos, safe image decoding."""

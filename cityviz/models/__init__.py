@@ -1,0 +1,1 @@
+"""Architectures (registry), training and checkpoints."""

@@ -1,0 +1,223 @@
+"""Plotly figure builders for the Objects, Compare and Live pages (pure: data in, figure out)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+MODEL_COLORS = qualitative.D3 + qualitative.Set2
+CITY_COLORS = qualitative.Plotly + qualitative.Dark24
+_ROW_HEIGHT = 280
+
+
+def model_colors(model_ids: Sequence[str]) -> dict[str, str]:
+    """A stable colour per model (in the order given)."""
+    return {m: MODEL_COLORS[i % len(MODEL_COLORS)] for i, m in enumerate(model_ids)}
+
+
+def city_colors(cities: Sequence[str]) -> dict[str, str]:
+    return {c: CITY_COLORS[i % len(CITY_COLORS)] for i, c in enumerate(cities)}
+
+
+def rpc_bars(
+    table: pd.DataFrame,
+    objects_by_city: Mapping[str, Sequence[str]],
+    model_ids: Sequence[str],
+    display: Mapping[str, str],
+    value_label: str = "R_p^c",
+) -> go.Figure:
+    """The paper's Figure 5: per city a grouped bar chart, one group per object, one bar per model.
+
+    ``table`` has ``model_id, city, object, value, lo, hi`` (see ui.objects.with_value). Error
+    bars span ``[lo, hi]``; each bar's ``customdata`` is ``[city, object, model_id]`` so a click
+    tells the page what to drill into.
+    """
+    cities = [c for c in objects_by_city if objects_by_city[c]]
+    n = max(1, len(cities))
+    fig = make_subplots(
+        rows=n, cols=1, subplot_titles=cities or [""], vertical_spacing=min(0.12, 0.4 / n)
+    )
+    colors = model_colors(model_ids)
+    index = table.set_index(["city", "object", "model_id"])
+    for row, city in enumerate(cities, start=1):
+        objects = list(objects_by_city[city])
+        for model_id in model_ids:
+            keys = [(city, obj, model_id) for obj in objects]
+            sub = index.reindex(keys)
+            value = sub["value"].to_numpy(dtype=float)
+            plus = np.clip(sub["hi"].to_numpy(dtype=float) - value, 0, None)
+            minus = np.clip(value - sub["lo"].to_numpy(dtype=float), 0, None)
+            fig.add_trace(
+                go.Bar(
+                    x=objects,
+                    y=value,
+                    name=display.get(model_id, model_id),
+                    legendgroup=model_id,
+                    showlegend=row == 1,
+                    marker_color=colors[model_id],
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": np.nan_to_num(plus),
+                        "arrayminus": np.nan_to_num(minus),
+                        "thickness": 1,
+                        "width": 2,
+                    },
+                    customdata=[[city, obj, model_id] for obj in objects],
+                    hovertemplate=(
+                        f"<b>%{{x}}</b> · {city}<br>{display.get(model_id, model_id)}<br>"
+                        f"{value_label} = %{{y:.3f}}<extra></extra>"
+                    ),
+                ),
+                row=row,
+                col=1,
+            )
+        fig.update_yaxes(title_text=value_label, row=row, col=1, rangemode="tozero")
+    fig.update_layout(
+        barmode="group",
+        height=max(320, _ROW_HEIGHT * n + 100),
+        margin={"l": 60, "r": 20, "t": 90, "b": 40},
+        legend={"orientation": "h", "yref": "container", "yanchor": "top", "y": 0.995, "x": 0},
+        clickmode="event+select",
+    )
+    return fig
+
+
+def ar_heatmap(matrix: pd.DataFrame, labels: Sequence[str] | None = None) -> go.Figure:
+    """Square AR matrix as an annotated heat map (0 = identical masks)."""
+    labels = list(labels) if labels is not None else [str(c) for c in matrix.columns]
+    z = matrix.to_numpy(dtype=float)
+    text = [["" if np.isnan(v) else f"{v:.3f}" for v in row] for row in z]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=labels,
+            y=labels,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            zmin=0,
+            zmax=float(np.nanmax(z)) if np.isfinite(z).any() and np.nanmax(z) > 0 else 1,
+            colorbar={"title": "mean AR"},
+            hovertemplate="%{y} vs %{x}<br>mean AR = %{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    side = max(360, 60 * len(labels) + 120)
+    fig.update_layout(height=side, margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    return fig
+
+
+def ar_histogram(values: Sequence[float] | np.ndarray, title: str, marker: float | None = None):
+    """Distribution of per-image AR for one model pair, with the selected image marked."""
+    values = np.asarray(values, dtype=float)
+    fig = go.Figure(go.Histogram(x=values, nbinsx=40, marker_color="#4c78a8", name="images"))
+    fig.add_vline(
+        x=float(values.mean()) if len(values) else 0.0,
+        line_dash="dash",
+        annotation_text="mean",
+    )
+    if marker is not None:
+        fig.add_vline(x=float(marker), line_color="#e45756", annotation_text="this image")
+    fig.update_layout(
+        title=title,
+        xaxis_title="per-image AR",
+        yaxis_title="images",
+        height=300,
+        margin={"l": 40, "r": 10, "t": 40, "b": 40},
+        bargap=0.05,
+    )
+    return fig
+
+
+def prob_bars(probs: Sequence[float], cities: Sequence[str], title: str = "") -> go.Figure:
+    """Horizontal bars of one model's class probabilities, the predicted city highlighted."""
+    probs = np.asarray(probs, dtype=float)
+    best = int(np.argmax(probs)) if len(probs) else -1
+    colors = ["#e45756" if i == best else "#9ecae9" for i in range(len(probs))]
+    fig = go.Figure(
+        go.Bar(
+            x=probs,
+            y=list(cities),
+            orientation="h",
+            marker_color=colors,
+            text=[f"{p:.1%}" for p in probs],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis={"range": [0, 1], "tickformat": ".0%"},
+        yaxis={"autorange": "reversed"},
+        height=60 + 28 * max(2, len(probs)),
+        margin={"l": 10, "r": 10, "t": 30 if title else 10, "b": 10},
+    )
+    return fig
+
+
+def placement_map(
+    points: pd.DataFrame,
+    x: str,
+    y: str,
+    photo_xy: tuple[float, float],
+    neighbours: Sequence[int] = (),
+    title: str = "",
+) -> go.Figure:
+    """The test images' explanation map coloured by city, the new photo as a star on top.
+
+    ``points`` has ``row, city`` and the coordinate columns ``x``, ``y``; ``neighbours`` are the
+    test rows nearest to the photo (ringed).
+    """
+    fig = go.Figure()
+    colors = city_colors(sorted(points["city"].unique()))
+    for city, grp in points.groupby("city", sort=True):
+        fig.add_trace(
+            go.Scattergl(
+                x=grp[x],
+                y=grp[y],
+                mode="markers",
+                name=str(city),
+                marker={"size": 4, "color": colors[city], "opacity": 0.5},
+                hoverinfo="skip",
+            )
+        )
+    near = points[points["row"].isin(list(neighbours))]
+    if len(near):
+        fig.add_trace(
+            go.Scatter(
+                x=near[x],
+                y=near[y],
+                mode="markers",
+                name="nearest test images",
+                marker={
+                    "size": 11,
+                    "color": "rgba(0,0,0,0)",
+                    "line": {"width": 2, "color": "#111"},
+                },
+                hoverinfo="skip",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[photo_xy[0]],
+            y=[photo_xy[1]],
+            mode="markers",
+            name="your photo",
+            marker={"size": 18, "symbol": "star", "color": "#ffd400", "line": {"width": 1.5}},
+        )
+    )
+    fig.update_layout(
+        title=title,
+        height=420,
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        xaxis={"showticklabels": False, "title": None},
+        yaxis={"showticklabels": False, "title": None},
+        legend={"orientation": "h", "y": -0.05},
+    )
+    return fig

@@ -1,0 +1,245 @@
+"""Live Grad-CAM page logic: uploads → a checked RGB image → per-model predictions and masks.
+
+Everything here is plain Python (no Streamlit), so each bad-file case can be tested directly:
+:func:`read_upload` turns any bytes into either an image or one sentence for the user, and notes
+what it did to odd-but-valid files (EXIF rotation, transparency, 16-bit, CMYK, animation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from cityviz.cam import Explainer, explanation, mask_norm, overlay
+from cityviz.data.images import ImageDecodeError, decode_image, resize_center_crop
+from cityviz.embed import masks_to_features
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 25_000_000
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+SMALL_SIDE = 64
+UNEXPECTED_MESSAGE = (
+    "Something went wrong while analysing this photo; the problem was logged. "
+    "The app is still running: try another photo or a sample."
+)
+ANNOTATIONS_MESSAGE = (
+    "This cache was segmented with the data set's own annotations (label files), which exist "
+    "only for the data set's images: an uploaded photo has none, so its object breakdown "
+    "cannot be shown. Build the cache with a Hugging Face segmenter (`--segmenter hf:...`) to "
+    "segment new photos."
+)
+
+_EXTENSIONS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+@dataclass
+class Upload:
+    """The outcome of reading an uploaded file: ``image`` (uint8 H×W×3) or an ``error``."""
+
+    image: np.ndarray | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    digest: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.image is not None
+
+
+def _sniff_notes(data: bytes, name: str) -> list[str]:
+    """What an already validated file needed: read from its header only, never fatal."""
+    notes: list[str] = []
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = (im.format or "").upper()
+            mode = im.mode
+            frames = int(getattr(im, "n_frames", 1) or 1)
+            orientation = im.getexif().get(0x0112, 1)
+            transparent = mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+    except Exception:  # header already read once by decode_image; notes are a nicety
+        log.debug("could not sniff %s", name, exc_info=True)
+        return notes
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if ext in _EXTENSIONS and fmt and _EXTENSIONS[ext] != fmt:
+        notes.append(f"The file is named .{ext} but contains a {fmt} image; it was read as {fmt}.")
+    if fmt and fmt not in ACCEPTED_FORMATS:
+        notes.append(f"{fmt} is not JPEG/PNG/WebP, but it could be read, so it is used as is.")
+    if frames > 1:
+        notes.append(f"Animated image ({frames} frames): only the first frame is analysed.")
+    if orientation not in (1, None):
+        notes.append("The photo was rotated upright using its EXIF orientation tag.")
+    if mode == "CMYK":
+        notes.append("CMYK colours were converted to RGB.")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        notes.append("A 16-bit (or higher) greyscale image was scaled to 8 bits.")
+    if transparent:
+        notes.append("Transparent areas were filled with white.")
+    return notes
+
+
+def read_upload(
+    data: bytes,
+    name: str = "upload",
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = MAX_UPLOAD_PIXELS,
+) -> Upload:
+    """Validate and decode an uploaded file; never raises for bad input.
+
+    The content decides (not the extension): anything :func:`decode_image` can decode safely
+    is used, with :attr:`Upload.notes` saying what was converted; anything else gets one
+    sentence in :attr:`Upload.error`.
+    """
+    size = len(data)
+    if size == 0:
+        return Upload(error="The file is empty.")
+    if size > max_bytes:
+        return Upload(
+            error=f"The file is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB. "
+            "Please upload a smaller photo."
+        )
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    try:
+        image = decode_image(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        return Upload(error=str(exc), digest=digest)
+    notes = _sniff_notes(data, name)
+    h, w = image.shape[:2]
+    if min(h, w) < SMALL_SIDE:
+        notes.append(f"The image is very small ({w}×{h} px); it was enlarged, expect a blur.")
+    return Upload(image=image, notes=notes, digest=digest)
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+@dataclass
+class ModelResult:
+    """One model's view of the photo: probabilities over the cities, the predicted city, and the
+    normalised Grad-CAM mask at the display size (explaining the predicted city)."""
+
+    model_id: str
+    probs: np.ndarray
+    pred: int
+    city: str
+    mask: np.ndarray
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probs[self.pred])
+
+
+def predict(
+    explainer: Explainer,
+    image: np.ndarray,
+    input_size: int,
+    display_size: int,
+    cities: Sequence[str],
+    method: str = "gradcam",
+    model_id: str = "",
+) -> ModelResult:
+    """Grad-CAM of the predicted city for one full photo (resized and centre-cropped here)."""
+    crop = np.array(resize_center_crop(image, input_size))  # writable: torch.from_numpy
+    res = explainer(crop[None], method=method)
+    probs = res.probs[0].detach().cpu().double().numpy()
+    pred = int(res.target[0])
+    mask = mask_norm(res.cams, display_size)[0]
+    city = cities[pred] if 0 <= pred < len(cities) else str(pred)
+    return ModelResult(model_id=model_id, probs=probs, pred=pred, city=city, mask=mask)
+
+
+def views(crop: np.ndarray, mask: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(Grad-CAM overlay, visual explanation)`` of a display crop at ``threshold``."""
+    return overlay(crop, mask), explanation(crop, mask, threshold)
+
+
+def summary_table(results: Sequence[ModelResult], display: Mapping[str, str]) -> pd.DataFrame:
+    """One row per model: predicted city and confidence."""
+    return pd.DataFrame(
+        {
+            "model": [display.get(r.model_id, r.model_id) for r in results],
+            "predicted city": [r.city for r in results],
+            "confidence": [r.confidence for r in results],
+        }
+    )
+
+
+# --------------------------------------------------------------------------- objects, map
+
+
+def object_breakdown(
+    mask: np.ndarray, labels: np.ndarray, threshold: float, class_names: Sequence[str]
+) -> pd.DataFrame:
+    """What the explanation (``mask >= threshold``, float32) is made of, per segmented object.
+
+    Columns ``object, pixels, explained, rate`` (explained / pixels, the object's R in this
+    photo) and ``share`` (explained / all explained labelled pixels); sorted by share. Label
+    values outside ``class_names`` are unlabelled and ignored.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    n = len(class_names)
+    valid = (labels >= 0) & (labels < n)
+    explained = (np.asarray(mask, dtype=np.float32) >= np.float32(threshold)) & valid
+    pixels = np.bincount(labels[valid], minlength=n)
+    inside = np.bincount(labels[explained], minlength=n)
+    present = np.flatnonzero(pixels)
+    total = inside.sum()
+    out = pd.DataFrame(
+        {
+            "object": [class_names[i] for i in present],
+            "pixels": pixels[present],
+            "explained": inside[present],
+            "rate": inside[present] / pixels[present],
+            "share": inside[present] / total if total else np.zeros(len(present)),
+        }
+    )
+    return out.sort_values(["share", "pixels"], ascending=False, kind="stable").reset_index(
+        drop=True
+    )
+
+
+def colorize_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Label map → RGB with a fixed pseudo-random colour per class; unlabelled pixels black."""
+    rng = np.random.default_rng(12345)
+    palette = rng.integers(40, 256, size=(max(n_classes, 1), 3)).astype(np.uint8)
+    lab = np.asarray(labels).astype(np.int64)
+    valid = (lab >= 0) & (lab < n_classes)
+    out = np.zeros((*lab.shape, 3), dtype=np.uint8)
+    out[valid] = palette[lab[valid]]
+    return out
+
+
+def place_on_map(embedder, mask: np.ndarray, k: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """``(xy [2], nearest fitted indices [k])`` of one mask on a fitted :class:`MaskEmbedder`.
+
+    The feature grid (``res × res``) is read off the embedder's PCA dimension, so it matches
+    whatever resolution the map was built with. The embedder's fitted points are the cache's
+    test rows in order, so the indices are test rows.
+    """
+    res = math.isqrt(int(embedder.pca_mean_.shape[0]))
+    feats = masks_to_features(np.asarray(mask, dtype=np.float32)[None], res=res)
+    xy = embedder.transform(feats)[0]
+    _, idx = embedder.kneighbors(feats, k)
+    return np.asarray(xy, dtype=float), idx[0]
+
+
+def sample_rows(test_images: pd.DataFrame, per_city: int = 2) -> pd.DataFrame:
+    """A few test images per city (evenly spread over each city's rows) to try the page."""
+    picks = []
+    for _city, grp in test_images.sort_values("row").groupby("city", sort=True):
+        pos = np.linspace(0, len(grp) - 1, num=min(per_city, len(grp))).round().astype(int)
+        picks.append(grp.iloc[np.unique(pos)])
+    if not picks:
+        return test_images.head(0)
+    out = pd.concat(picks).reset_index(drop=True)
+    out["label"] = [f"{c} · test image {r}" for c, r in zip(out["city"], out["row"], strict=True)]
+    return out

@@ -1,0 +1,250 @@
+"""Explanation map: every test image's Grad-CAM mask on a t-SNE / UMAP map, per model.
+
+Hovering a point shows its thumbnails in the browser (no rerun); a box / lasso / click selection
+comes back here and shows that selection's explanations and object profile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cityviz import thumbs as thumb_lib
+from cityviz.segment import NO_SEGMENTER_MESSAGE
+from cityviz.store import Cache, CacheError
+from cityviz.ui import map as um
+from cityviz.ui.scatter import scatter_map, thumbs_component
+from pages.common import cache_mtime, current_cache, model_labels
+
+MAP_HEIGHT = 640
+DRAG_MODES = {"Zoom": "zoom", "Box select": "select", "Lasso": "lasso"}
+TILE_KINDS = {"Explanation": "expl", "Mask overlay": "overlay", "Original": "orig"}
+
+
+@st.cache_resource(show_spinner="Reading the map…", max_entries=8)
+def _frame(root: str, mtime: float, model_id: str) -> pd.DataFrame:
+    cache = Cache(root)
+    return um.map_frame(
+        cache.test_images(), cache.predictions(model_id), cache.embedding(model_id), cache.cities
+    )
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _hist(root: str, mtime: float, model_id: str) -> pd.DataFrame:
+    return Cache(root).hist(model_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _atlas(root: str, mtime: float, model_id: str, method: str, n: int) -> list[int]:
+    f = _frame(root, mtime, model_id)
+    return um.atlas_rows(f[f"{method}_x"], f[f"{method}_y"], f["row"], n).tolist()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _tiles(root: str, mtime: float, kind: str, rows: tuple[int, ...]) -> list[np.ndarray]:
+    cache = Cache(root)
+    return thumb_lib.crop_tiles(lambda s: cache.thumb_sheet(kind, s), list(rows))
+
+
+def _thumb_args(cache: Cache, model_id: str) -> dict | None:
+    layout = cache.thumbs
+    name = thumbs_component(cache.root) if layout else None
+    if not layout or name is None:
+        return None
+    have = set(layout.get("kinds", []))
+    kinds = [
+        [label, kind]
+        for label, kind in (
+            ("Original", "orig"),
+            ("Mask overlay", f"{model_id}/overlay"),
+            ("Explanation", f"{model_id}/expl"),
+        )
+        if kind in have
+    ]
+    return {
+        "component": name,
+        "size": int(layout["size"]),
+        "per_row": int(layout["per_row"]),
+        "kinds": kinds,
+    }
+
+
+def _profile_chart(profile: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    fig.add_bar(
+        y=profile["object"],
+        x=profile["rpc_selection"],
+        orientation="h",
+        name="selection",
+        marker_color="#1f77b4",
+    )
+    fig.add_bar(
+        y=profile["object"],
+        x=profile["rpc_all"],
+        orientation="h",
+        name="all test images",
+        marker_color="#c7c7c7",
+    )
+    fig.update_layout(
+        barmode="group",
+        height=80 + 34 * len(profile),
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        yaxis={"autorange": "reversed"},
+        xaxis={"title": "R_p^c"},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
+    )
+    return fig
+
+
+def _selection(
+    cache: Cache, mtime: float, model_id: str, frame: pd.DataFrame, rows: np.ndarray
+) -> None:
+    root = str(cache.root)
+    summary = um.selection_summary(frame, rows)
+    st.subheader(f"Selection: {summary['n']} images")
+    cities = ", ".join(f"{c} {n}" for c, n in summary["cities"].items())
+    st.caption(f"Accuracy {summary['accuracy']:.0%} · true cities: {cities}")
+    left, right = st.columns([3, 2], gap="large")
+    with left, st.container(key="map-gallery"):
+        label = st.segmented_control(
+            "Show", list(TILE_KINDS), default="Explanation", required=True, key="map_gallery_kind"
+        )
+        suffix = TILE_KINDS[label]
+        kind = suffix if suffix == "orig" else f"{model_id}/{suffix}"
+        if not cache.thumbs or kind not in cache.thumbs.get("kinds", []):
+            st.info("This cache has no thumbnails yet: run the `thumbs` stage of precompute.")
+        else:
+            show = um.gallery_rows(rows, frame.set_index("row")["confidence"])
+            try:
+                tiles = _tiles(root, mtime, kind, tuple(int(r) for r in show))
+            except OSError as exc:
+                st.warning(f"Could not read the thumbnails: {exc}")
+            else:
+                info = frame.set_index("row").loc[show]
+                captions = [
+                    f"{r.city}"
+                    + ("" if r.correct else f" → {r.pred_city}")
+                    + f" ({r.confidence:.0%})"
+                    for r in info.itertuples()
+                ]
+                st.image(tiles, caption=captions, width=128)
+                if len(show) < len(rows):
+                    st.caption(f"{len(show)} of {len(rows)} images, from most to least confident.")
+    with right:
+        st.markdown("**Object profile** — R_p^c of the selection vs. all test images")
+        names = cache.class_names()
+        if not cache.has_labels or names is None:
+            st.info(NO_SEGMENTER_MESSAGE)
+            return
+        try:
+            hist = _hist(root, mtime, model_id)
+        except CacheError as exc:
+            st.info(str(exc))
+            return
+        config = cache.manifest.get("config", {})
+        threshold = float(config.get("threshold", 0.5))
+        profile = um.selection_profile(
+            hist,
+            frame.loc[frame["row"].isin(rows), "image_id"],
+            frame["image_id"],
+            threshold,
+            names,
+            float(config.get("min_pixels", 100.0)),
+        )
+        if profile.empty:
+            st.info("No object in this selection passes the minimum pixel count.")
+            return
+        st.plotly_chart(_profile_chart(profile), width="stretch", key="map_profile")
+        st.dataframe(
+            profile.rename(
+                columns={
+                    "rpc_selection": "R_p^c selection",
+                    "rpc_all": "R_p^c all",
+                    "share_selection": "share of explanation",
+                }
+            ),
+            hide_index=True,
+            column_config={"class_id": None},
+        )
+
+
+def main() -> None:
+    st.title("Explanation map")
+    cache = current_cache()
+    mtime = cache_mtime(cache)
+    labels = model_labels(cache)
+    if not labels:
+        st.info("This cache has no trained models yet: run `python -m precompute --cache DIR`.")
+        return
+
+    bar = st.container(horizontal=True, vertical_alignment="bottom", gap="medium",
+                       key="map-controls")  # fmt: skip
+    model_id = bar.selectbox(
+        "Model", list(labels), format_func=labels.get, key="map_model", width=230
+    )
+    try:
+        frame = _frame(str(cache.root), mtime, model_id)
+    except CacheError as exc:
+        st.info(f"{exc} The map needs the `embed` stage of precompute.")
+        return
+    methods = um.available_methods(frame)
+    if not methods:
+        st.info("No map for this model yet: run the `embed` stage of precompute.")
+        return
+    method = bar.segmented_control(
+        "Map", methods, format_func=um.METHOD_LABELS.get, default=methods[0], required=True,
+        key="map_method",
+    )  # fmt: skip
+    color_by = bar.selectbox("Colour by", um.COLOR_BY, key="map_color", width=190)
+    view = bar.segmented_control(
+        "View", ["Points", "Atlas"], default="Points", required=True, key="map_view"
+    )
+    drag = bar.segmented_control(
+        "Mouse drag", list(DRAG_MODES), default="Zoom", required=True, key="map_drag"
+    )
+    show_labels = bar.toggle("Cluster labels", value=True, key="map_cluster_labels")
+
+    thumbs = _thumb_args(cache, model_id)
+    atlas = None
+    if view == "Atlas":
+        if thumbs is None:
+            st.info("The atlas needs thumbnails: run the `thumbs` stage of precompute.")
+        else:
+            size = bar.slider(
+                "Thumbnail size (px)", 24, 96, 44, step=4, key="map_atlas_size", width=200
+            )
+            rows = _atlas(str(cache.root), mtime, model_id, method, 500)
+            atlas = {"rows": rows, "kind": f"{model_id}/expl", "size": size}
+    elif thumbs is None:
+        st.info("No thumbnails in this cache (run the `thumbs` stage): hovering shows text only.")
+
+    view_key = f"{model_id}|{method}"
+    args = um.payload(
+        frame,
+        method,
+        um.color_spec(frame, color_by, cache.cities),
+        cache.cities,
+        view_key=view_key,
+        thumbs=thumbs,
+        labels=um.cluster_annotations(frame, method) if show_labels else [],
+        atlas=atlas,
+        height=MAP_HEIGHT,
+        dragmode=DRAG_MODES[drag],
+    )
+    value = scatter_map(args, key="explanation_map")
+    st.caption(
+        f"{len(frame):,} test images of {labels[model_id]}. Each point is one image, placed by "
+        "how similar its Grad-CAM mask is to the others'. Hover a point to see the photo, its "
+        "mask and its visual explanation; pick *Box select* or *Lasso* (or click a point) to "
+        "select images and see them below."
+    )
+    rows = um.selected_rows(value, frame["row"].to_numpy(), view_key)
+    if len(rows) == 0:
+        st.caption("Nothing selected yet.")
+        return
+    _selection(cache, mtime, model_id, frame, rows)
+
+
+main()

@@ -1,0 +1,228 @@
+"""Objects: R_p^c per object and city for every model (the paper's Figure 5), at any threshold."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cityviz import stats
+from cityviz.segment import NO_SEGMENTER_MESSAGE
+from cityviz.store import Cache, CacheError
+from cityviz.ui import compare as uc
+from cityviz.ui import figures
+from cityviz.ui import objects as uo
+from pages.common import current_cache
+
+TILES = 12
+
+
+def _mtime(cache: Cache) -> float:
+    return (cache.root / "manifest.json").stat().st_mtime
+
+
+@st.cache_data(show_spinner=False)
+def _test_images(root: str, mtime: float):
+    return Cache(root).test_images()
+
+
+@st.cache_resource(show_spinner="Summing the object histograms of every model (once per cache)…")
+def _cubes(root: str, mtime: float, n_boot: int) -> dict[str, uo.RpcCube]:
+    """One RpcCube per model, shared by every session (read-only after construction)."""
+    cache = Cache(root)
+    test = cache.test_images()
+    city_of = test.set_index("image_id")["city"]
+    n_images_of = test["city"].value_counts()
+    names = cache.class_names() or []
+    shared: dict = {}
+    return {
+        m: uo.RpcCube.build(
+            cache.hist(m), city_of, names, n_images_of, n_boot=n_boot, weights_cache=shared
+        )
+        for m in cache.model_ids
+        if (cache.root / f"hist/{m}.parquet").exists()
+    }
+
+
+@st.cache_resource(show_spinner="Indexing this model's images…", max_entries=4)
+def _object_index(root: str, mtime: float, model_id: str) -> uo.ObjectIndex:
+    return uo.ObjectIndex.build(Cache(root).hist(model_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _crop(path: str, size: int):
+    return uc.load_crop(path, size)
+
+
+def _has_segmenter(cache: Cache) -> bool:
+    seg = cache.manifest.get("segmenter")
+    spec = (seg or {}).get("spec", "none")
+    return bool(seg) and spec != "none" and cache.class_names() is not None
+
+
+def _drill_state(event, cities: list[str], objects_of: dict[str, list[str]], models: list[str]):
+    """Apply a clicked bar to the drill-down pickers (once per new click)."""
+    clicked = uo.selected_bar(event)
+    if clicked and clicked != st.session_state.get("_objects_clicked"):
+        st.session_state["_objects_clicked"] = clicked
+        city, obj, model = clicked
+        if city in cities and obj in objects_of.get(city, []) and model in models:
+            st.session_state["drill_city"] = city
+            st.session_state["drill_object"] = obj
+            st.session_state["drill_model"] = model
+    if st.session_state.get("drill_city") not in cities:
+        st.session_state["drill_city"] = cities[0]
+    options = objects_of.get(st.session_state["drill_city"], [])
+    if options and st.session_state.get("drill_object") not in options:
+        st.session_state["drill_object"] = options[0]
+    if st.session_state.get("drill_model") not in models:
+        st.session_state["drill_model"] = models[0]
+
+
+def _drill_down(cache: Cache, table, threshold: float, cities, objects_of, display) -> None:
+    st.subheader("Where is an object most discriminative?")
+    st.caption(
+        "Pick an object (or click one of its bars above): the test images of that city where the "
+        "object takes the largest share of the visual explanation, shown as explanations at the "
+        "current threshold (pixels below it are black)."
+    )
+    models = list(display)
+    c1, c2, c3 = st.columns(3)
+    city = c1.selectbox("City", cities, key="drill_city")
+    options = objects_of.get(city, [])
+    if not options:
+        st.info(f"No object passes the pixel filter in {city}.")
+        return
+    obj = c2.selectbox("Object", options, key="drill_object")
+    model_id = c3.selectbox("Model", models, format_func=display.get, key="drill_model")
+    row = table[(table["city"] == city) & (table["object"] == obj)]
+    class_id = int(row["class_id"].iloc[0])
+    test = _test_images(str(cache.root), _mtime(cache))
+    index = _object_index(str(cache.root), _mtime(cache), model_id)
+    city_ids = test.loc[test["city"] == city, "image_id"]
+    top = index.top_images(class_id, threshold, among=city_ids, n=TILES)
+    if top.empty:
+        st.info(f"No test image of {city} has {obj} inside {display[model_id]}'s explanation.")
+        return
+    top = top.merge(test[["image_id", "row", "path"]], on="image_id", how="left")
+    size = cache.image_size
+    masks = cache.masks(model_id, top["row"].to_numpy(), size)
+    tiles = []
+    for i, (path, r) in enumerate(zip(top["path"], top["row"], strict=True)):
+        crop = _crop(str(path), size)
+        if crop is None:
+            tiles.append(uc.thumb_tile(cache, f"{model_id}/expl", int(r)))
+        else:
+            tiles.append(uc.explanation_tile(crop, masks[i], threshold))
+    cols = st.columns(6)
+    for i, (tile, share, rate, r) in enumerate(
+        zip(tiles, top["share"], top["rate"], top["row"], strict=True)
+    ):
+        with cols[i % 6]:
+            if tile is None:
+                st.caption(f"test image {r}: no image file or thumbnail")
+            else:
+                st.image(tile, width="stretch")
+            st.caption(
+                f"row {r} · {share:.0%} of the explanation · {rate:.0%} of the {obj} explained"
+            )
+
+
+def main() -> None:
+    cache = current_cache()
+    st.title("Objects")
+    st.caption(
+        "R_p^c (the paper's eq. 1): of all pixels of object p in the test photos of city c, the "
+        "fraction inside the network's visual explanation (Grad-CAM mask ≥ threshold). High "
+        "values mean the network looks at that object to recognise the city. Bars: one per "
+        "model; whiskers: 95 % bootstrap intervals over images."
+    )
+    if not _has_segmenter(cache):
+        st.info(NO_SEGMENTER_MESSAGE)
+        return
+    config = cache.manifest.get("config", {})
+    n_boot = int(config.get("bootstrap", 200))
+    try:
+        cubes = _cubes(str(cache.root), _mtime(cache), n_boot)
+    except (CacheError, ValueError) as exc:
+        st.warning(f"The object statistics of this cache cannot be read: {exc}")
+        return
+    if not cubes:
+        st.info(
+            "No object histograms in this cache yet (hist/<model>.parquet). Build them with "
+            f"`python -m precompute --cache {cache.root}` (stages segment and stats)."
+        )
+        return
+    n_bins = next(iter(cubes.values())).n_bins
+    display = {m["model_id"]: m.get("display", m["model_id"]) for m in cache.models}
+    display = {m: display.get(m, m) for m in cubes}
+
+    c1, c2, c3, c4 = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
+    default_t = float(config.get("threshold", 0.5))
+    default_t = min(max(round(default_t * n_bins), 1), n_bins - 1) / n_bins
+    threshold = c1.slider(
+        "Explanation threshold",
+        min_value=1 / n_bins,
+        max_value=(n_bins - 1) / n_bins,
+        value=default_t,
+        step=1 / n_bins,
+        format="%.2f",
+        help="A pixel belongs to the visual explanation when its normalised Grad-CAM value is at "
+        "least this. Recomputed from the stored histograms, so any grid value is exact.",
+    )
+    threshold = stats.threshold_bin(threshold, n_bins) / n_bins
+    min_pixels = c2.number_input(
+        "Min. average pixels per image",
+        min_value=0.0,
+        value=float(config.get("min_pixels", 100.0)),
+        step=10.0,
+        help="Objects smaller than this on average (over all test photos of the city) are "
+        "hidden, as in the paper (100).",
+    )
+    top = c3.number_input("Objects per city", min_value=1, max_value=60, value=12, step=1)
+    lift = c4.toggle(
+        "Show lift",
+        help="Show R_p^c divided by the city's average rate over all labelled pixels: above 1 "
+        "means the object is explained more often than an average pixel.",
+    )
+    chosen = st.multiselect("Models", list(cubes), default=list(cubes), format_func=display.get)
+    if not chosen:
+        st.info("Pick at least one model.")
+        return
+
+    table = uo.rpc_long_table({m: cubes[m] for m in chosen}, threshold, min_pixels)
+    valued = uo.with_value(table, "lift" if lift else "rpc")
+    objects_of = uo.chart_objects(valued, int(top))
+    if not any(objects_of.values()):
+        st.info("No object passes the pixel filter: lower “Min. average pixels per image”.")
+        return
+    fig = figures.rpc_bars(
+        valued, objects_of, chosen, display, "lift over average" if lift else "R_p^c"
+    )
+    event = st.plotly_chart(
+        fig, key="rpc_chart", on_select="rerun", selection_mode="points", width="stretch"
+    )
+
+    with st.expander("Table and CSV download", expanded=False):
+        st.dataframe(
+            uo.display_table(table, display),
+            hide_index=True,
+            column_config={
+                c: st.column_config.NumberColumn(format="%.3f")
+                for c in ("R_p^c", "CI low", "CI high", "lift", "share of explanation")
+            },
+        )
+        st.download_button(
+            "Download CSV (all objects, all chosen models)",
+            uo.csv_bytes(table, threshold),
+            file_name=f"rpc_threshold_{threshold:.2f}.csv",
+            mime="text/csv",
+            on_click="ignore",
+        )
+
+    drill_objects = uo.chart_objects(valued)
+    cities = [c for c, objs in drill_objects.items() if objs]
+    chosen_display = {m: display[m] for m in chosen}
+    _drill_state(event, cities, drill_objects, chosen)
+    _drill_down(cache, table, threshold, cities, drill_objects, chosen_display)
+
+
+main()

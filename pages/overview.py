@@ -1,0 +1,155 @@
+"""Overview (home): which cache is open, the headline findings, and how to read the dashboard."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from cityviz.store import Cache, CacheError
+from cityviz.ui import overview as uo
+from cityviz.ui.compare import claim_sentence, fmt_num
+from pages.common import cache_mtime, current_cache
+
+HOW_TO_READ = """
+A neural network was trained to tell the cities apart from street photos alone. For every test
+photo, **Grad-CAM** paints a *mask* over the pixels that pushed the network towards its answer;
+the bright part of the mask (above the threshold) is the photo's **visual explanation**.
+
+* **Explanation map** — each dot is one test photo, placed so that photos whose masks look alike
+  sit together. Hover a dot to see the photo, its mask and its explanation; select a group to
+  see what its explanations have in common. Clusters are labelled with the objects they focus on.
+* **Objects** — a segmentation model names every pixel (road, sky, signboard…). **R_p^c** is the
+  share of an object's pixels that fall inside the explanations of a city's photos: a high value
+  means "when the network recognises this city, it looks at this object".
+* **Compare models** — **AR** is the average difference between two models' masks of the same
+  photo (0 = identical, 1 = opposite). The paper found that changing the architecture changes
+  the masks more than retraining the same architecture from another random start.
+* **Live Grad-CAM** — upload your own street photo and see what each model predicts and where
+  it looks.
+
+Explanations show *where* a model looks, not *why*; an object with a high R_p^c is typical of the
+city in this data set, which may say as much about how the photos were taken as about the city.
+"""
+
+
+@st.cache_data(show_spinner=False)
+def _rpc(root: str, mtime: float) -> pd.DataFrame | None:
+    try:
+        return Cache(root).rpc()
+    except CacheError:
+        return None
+
+
+def _arch_vs_seed(cache: Cache) -> dict | None:
+    path = cache.root / "stats" / "arch_vs_seed.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _open_cache(cache: Cache) -> None:
+    m = cache.manifest
+    ds = m.get("dataset", {})
+    st.caption(
+        f"Cache `{cache.root}` · built {m.get('created', '?')} · updated {m.get('updated', '?')}"
+    )
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.subheader("Data set")
+        cities = ", ".join(cache.cities)
+        st.markdown(
+            f"**{ds.get('source', '?')}** ({ds.get('kind', '?')}), "
+            f"{ds.get('n_images', 0):,} images of {len(cache.cities)} cities: {cities}."
+        )
+        st.dataframe(uo.split_table(ds), hide_index=True, key="overview_splits")
+    with right:
+        st.subheader("Models")
+        if not cache.models:
+            st.info("No trained models yet: run `python -m precompute --cache DIR`.")
+        else:
+            st.dataframe(
+                uo.models_table(cache.models),
+                hide_index=True,
+                key="overview_models",
+                column_config={
+                    "test accuracy": st.column_config.NumberColumn(format="percent"),
+                    "val accuracy": st.column_config.NumberColumn(format="percent"),
+                },
+            )
+        seg = m.get("segmenter")
+        if seg and seg.get("spec", "none") != "none":
+            st.markdown(
+                f"Segmenter: **{seg.get('name', seg.get('spec'))}** "
+                f"({seg.get('n_classes', '?')} object classes)."
+            )
+        else:
+            st.markdown("Segmenter: **none configured** — object statistics are not available.")
+
+
+def _findings(cache: Cache, mtime: float) -> None:
+    st.subheader("Headline findings")
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.markdown("**What each city is recognised by**")
+        rpc = _rpc(str(cache.root), mtime)
+        if rpc is None or rpc.empty:
+            st.info(
+                "No object statistics in this cache (they need a segmenter and the `stats` "
+                "stage of precompute)."
+            )
+        else:
+            top = uo.top_objects(rpc, n=3)
+            planted = cache.manifest.get("dataset", {}).get("discriminative")
+            for sentence in uo.findings(top, planted):
+                st.markdown(f"- {sentence}")
+            if planted:
+                ok = uo.planted_recovered(top, planted)
+                found = sum(ok.values())
+                st.caption(
+                    f"Synthetic data: the objects planted in each city are known. The top "
+                    f"objects are planted ones in {found} of {len(ok)} cities."
+                )
+            st.caption(
+                "R_p^c averaged over all models; objects averaging under "
+                f"{cache.manifest.get('config', {}).get('min_pixels', 100):g} pixels per "
+                "image are left out. Details on the Objects page."
+            )
+    with right:
+        st.markdown("**Architecture vs. initialisation**")
+        result = _arch_vs_seed(cache)
+        if result is None:
+            st.info("No model agreement statistics yet (the `stats` stage of precompute).")
+        else:
+            a, b, c = st.columns(3)
+            a.metric("Mean AR, other architecture", fmt_num(result.get("mean_arch")))
+            b.metric("Mean AR, other seed", fmt_num(result.get("mean_seed")))
+            c.metric("Difference", fmt_num(result.get("diff")))
+            st.markdown(claim_sentence(result))
+
+
+def main() -> None:
+    st.title("cityviz — what does a city-recognition network look at?")
+    cache = current_cache()
+    mtime = cache_mtime(cache)
+    _open_cache(cache)
+    _findings(cache, mtime)
+    with st.expander("How to read this", expanded=True):
+        st.markdown(HOW_TO_READ)
+    stages = cache.manifest.get("stages", {})
+    if stages:
+        with st.expander("Pipeline stages"):
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {"stage": k, "status": v.get("status"), "seconds": v.get("seconds")}
+                        for k, v in stages.items()
+                    ]
+                ),
+                hide_index=True,
+            )
+
+
+main()

@@ -1,0 +1,1 @@
+"""The precompute CLI: ``python -m precompute --help``."""

@@ -1,0 +1,508 @@
+"""The precompute stages: data → train → cams → segment → stats → embed → thumbs.
+
+Each stage reads what earlier stages wrote to the cache and writes its own outputs there. Work is
+cut into units (a model, a shard of test rows) that are written atomically under ``parts/`` and
+recorded in the manifest, so a killed run picks up at its last finished unit and ends with the
+same files as an uninterrupted one. ``stats`` runs before ``embed`` because the map's cluster
+labels ("signboard · fence") come from the object histograms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cityviz import cam, embed, stats, thumbs
+from cityviz.config import RunConfig, model_id
+from cityviz.data import synth
+from cityviz.data.datasets import CityDataset, grouped_split, load_dataset, load_uint8_batch
+from cityviz.models.archs import get_arch
+from cityviz.models.checkpoint import load_checkpoint, save_checkpoint
+from cityviz.models.train import confusion, predict, train_model
+from cityviz.segment import segmenter_from_spec
+from cityviz.store import THUMBS_PER_ROW, THUMBS_PER_SHEET, CacheStore, save_array, thumb_sheet_rel
+
+log = logging.getLogger("precompute")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Context:
+    cfg: RunConfig
+    store: CacheStore
+    dataset: CityDataset
+    device: torch.device
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.cfg.image_size
+
+    def bar(self, total: int, desc: str, unit: str = "img") -> tqdm:
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
+
+    def images(self) -> pd.DataFrame:
+        return self.store.read_table("images.parquet")
+
+    def inputs(self, split: str) -> np.ndarray:
+        return self.store.load_array(f"inputs/{split}.npy")
+
+    def n_test(self) -> int:
+        return int(len(self.inputs("test")))
+
+    def shards(self) -> Iterator[tuple[int, slice]]:
+        n, size = self.n_test(), self.cfg.shard_size
+        for k, start in enumerate(range(0, n, size)):
+            yield k, slice(start, min(start + size, n))
+
+    def models(self) -> list[dict]:
+        return list(self.store.manifest.get("models", []))
+
+
+def _test_delay() -> None:
+    """Test hook: ``CITYVIZ_TEST_UNIT_DELAY`` seconds of sleep after each unit (kill tests)."""
+    delay = float(os.environ.get("CITYVIZ_TEST_UNIT_DELAY", "0") or 0)
+    if delay:
+        time.sleep(delay)
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    from cityviz.store import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+# ---------------------------------------------------------------------------------------------
+# data set resolution (before the cache is opened: its fingerprint is part of the cache identity)
+
+
+def resolve_dataset(cfg: RunConfig, data_dir: Path, progress: bool) -> CityDataset:
+    if cfg.data == "synthetic":
+        sc = synth.SynthConfig(
+            cities=tuple(cfg.synth_cities),
+            spots_per_city=cfg.synth_spots_per_city,
+            views_per_spot=cfg.synth_views_per_spot,
+            size=cfg.image_size,
+            seed=cfg.synth_seed,
+        )
+        key = hashlib.sha256(json.dumps(sc.__dict__, sort_keys=True, default=list).encode())
+        out = data_dir / f"synthetic-{key.hexdigest()[:10]}"
+        synth.generate(out, sc, progress=progress)
+        return load_dataset(out, check_images=False)
+    return load_dataset(cfg.data, progress=progress)
+
+
+def dataset_info(cfg: RunConfig, ds: CityDataset) -> dict:
+    kind = "synthetic" if cfg.data == "synthetic" else ("csv" if str(cfg.data).endswith(".csv")
+                                                        else "folder")
+    return {
+        "source": str(ds.root),
+        "kind": kind,
+        "fingerprint": ds.fingerprint(),
+        "n_images": len(ds),
+        "cities": list(ds.cities),
+        "discriminative": ds.discriminative,
+        "has_annotations": any(r.label_path for r in ds.records),
+        "class_names": list(ds.class_names) if ds.class_names else None,
+        "skipped": [list(s) for s in ds.skipped[:100]],
+        "n_skipped": len(ds.skipped),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+def stage_data(ctx: Context) -> None:
+    """Split by spot (6:2:2 per city) and decode every image once at the model input size."""
+    cfg, store = ctx.cfg, ctx.store
+    df = ctx.dataset.to_frame()
+    if cfg.max_images_per_city:
+        df = (
+            df.groupby("city", group_keys=False)
+            .apply(lambda g: g.sample(min(len(g), cfg.max_images_per_city), random_state=0))
+            .sort_values("image_id")
+            .reset_index(drop=True)
+        )
+    df["split"] = grouped_split(df["spot"].tolist(), seed=cfg.split_seed, strata=df["city"].tolist())
+    df["split_row"] = -1
+    for split in SPLITS:
+        mask = df["split"] == split
+        df.loc[mask, "split_row"] = np.arange(int(mask.sum()))
+    df["row"] = np.where(df["split"] == "test", df["split_row"], -1)
+    df["path"] = df["path"].astype(str)
+    df["label_path"] = df["label_path"].astype("string")
+    for split in SPLITS:
+        if store.unit_done("data", split):
+            continue
+        paths = df.loc[df["split"] == split].sort_values("split_row")["path"].tolist()
+        arr = np.zeros((len(paths), ctx.size, ctx.size, 3), np.uint8)
+        bar = ctx.bar(len(paths), f"decode {split}")
+        for start in range(0, len(paths), 256):
+            batch = paths[start : start + 256]
+            arr[start : start + len(batch)] = load_uint8_batch(batch, ctx.size)
+            bar.update(len(batch))
+        bar.close()
+        store.save_array(f"inputs/{split}.npy", arr)
+        store.mark_unit_done("data", split)
+    counts = df.groupby(["city", "split"]).size().unstack(fill_value=0)
+    split_counts = {c: {s: int(counts.loc[c].get(s, 0)) for s in SPLITS} for c in counts.index}
+    store.save_table("images.parquet", df)
+    store.manifest["dataset"]["split_counts"] = split_counts
+    for split in SPLITS:
+        if not (df["split"] == split).any():
+            raise ValueError(
+                f"The {split} split is empty: the data set has too few spots per city for a "
+                "6:2:2 split. Add images (or spots) per city."
+            )
+
+
+def stage_train(ctx: Context) -> None:
+    cfg, store = ctx.cfg, ctx.store
+    df = ctx.images()
+    cities = ctx.dataset.cities
+    labels = {s: df.loc[df["split"] == s].sort_values("split_row")["city_idx"].to_numpy() for s in SPLITS}
+    models = {m["model_id"]: m for m in ctx.models()}
+    for arch in cfg.archs:
+        get_arch(arch)  # fail early on a typo
+    for arch in cfg.archs:
+        for seed in cfg.seeds:
+            mid = model_id(arch, seed)
+            if store.unit_done("train", mid) and mid in models:
+                continue
+            result = train_model(
+                arch, seed, ctx.inputs("train"), labels["train"], ctx.inputs("val"), labels["val"],
+                len(cities), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                lr_step=cfg.lr_step, lr_gamma=cfg.lr_gamma, pretrained=cfg.pretrained,
+                device=ctx.device, progress=ctx.progress,
+            )  # fmt: skip
+            acc, cms = {}, {}
+            for split in SPLITS:
+                pred = predict(result.model, arch, ctx.inputs(split), ctx.device).argmax(1)
+                acc[split] = float((pred == labels[split]).mean()) if len(pred) else float("nan")
+                cms[split] = confusion(labels[split], pred, len(cities)).tolist()
+            meta = {
+                "arch": arch, "seed": seed, "classes": list(cities), "input_size": ctx.size,
+                "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                "pretrained": cfg.pretrained, "accuracy": acc, "confusion": cms,
+                "history": result.history, "train_seconds": round(result.seconds, 2),
+                "data_fingerprint": ctx.dataset.fingerprint(),
+            }  # fmt: skip
+            save_checkpoint(store.path(f"models/{mid}"), result.model, meta)
+            models[mid] = {
+                "model_id": mid, "arch": arch, "seed": seed,
+                "display": f"{get_arch(arch).display} · seed {seed}", "input_size": ctx.size,
+                "test_accuracy": acc["test"], "val_accuracy": acc["val"],
+                "train_accuracy": acc["train"], "checkpoint": f"models/{mid}",
+                "train_seconds": round(result.seconds, 2),
+            }  # fmt: skip
+            store.manifest["models"] = [models[m] for m in cfg.model_ids if m in models]
+            store.mark_unit_done("train", mid)
+            log.info("%s: test accuracy %.2f%% (%.0f s)", mid, 100 * acc["test"], result.seconds)
+            _test_delay()
+
+
+def stage_cams(ctx: Context) -> None:
+    """Grad-CAM maps and predictions for every test image and model, shard by shard."""
+    cfg, store = ctx.cfg, ctx.store
+    test = ctx.inputs("test")
+    df = ctx.images()
+    truth = df[df["row"] >= 0].sort_values("row")["city_idx"].to_numpy()
+    shards = list(ctx.shards())
+    for m in ctx.models():
+        mid = m["model_id"]
+        model, meta = load_checkpoint(store.path(m["checkpoint"]), ctx.device)
+        explainer = cam.Explainer(model, meta["arch"], ctx.device)
+        bar = ctx.bar(ctx.n_test(), f"cams {mid}")
+        for k, sl in shards:
+            unit = f"{mid}:{k}"
+            if not store.unit_done("cams", unit):
+                parts_cams, parts_probs, parts_target = [], [], []
+                for start in range(sl.start, sl.stop, cfg.batch_size):
+                    stop = min(start + cfg.batch_size, sl.stop)
+                    target = (
+                        torch.from_numpy(truth[start:stop]).long()
+                        if cfg.cam_target == "true" else None
+                    )  # fmt: skip
+                    res = explainer(test[start:stop], target=target, method=cfg.cam_method)
+                    parts_cams.append(res.cams.cpu().numpy().astype(np.float32))
+                    parts_probs.append(res.probs.detach().cpu().numpy().astype(np.float32))
+                    parts_target.append(res.target.cpu().numpy())
+                _save_npz(
+                    store.part_path("cams", f"{mid}-{k:05d}", ".npz"),
+                    cams=np.concatenate(parts_cams), probs=np.concatenate(parts_probs),
+                    target=np.concatenate(parts_target),
+                )  # fmt: skip
+                store.mark_unit_done("cams", unit)
+                _test_delay()
+            bar.update(sl.stop - sl.start)
+        bar.close()
+    # consolidate
+    rows = []
+    test_df = df[df["row"] >= 0].sort_values("row")
+    for m in ctx.models():
+        mid = m["model_id"]
+        parts = [_load_npz(store.part_path("cams", f"{mid}-{k:05d}", ".npz")) for k, _ in shards]
+        store.save_array(f"cams/{mid}.npy", np.concatenate([p["cams"] for p in parts]))
+        probs = np.concatenate([p["probs"] for p in parts])
+        pred = probs.argmax(1)
+        frame = pd.DataFrame({
+            "model_id": mid, "image_id": test_df["image_id"].to_numpy(),
+            "row": test_df["row"].to_numpy(), "target": truth, "pred": pred,
+            "explained": np.concatenate([p["target"] for p in parts]),
+            "confidence": probs.max(1), "correct": pred == truth,
+        })  # fmt: skip
+        for c in range(probs.shape[1]):
+            frame[f"p{c}"] = probs[:, c]
+        rows.append(frame)
+    store.save_table("predictions.parquet", pd.concat(rows, ignore_index=True))
+
+
+def resolve_segmenter_spec(cfg: RunConfig, ds: CityDataset) -> str:
+    if cfg.segmenter != "auto":
+        return cfg.segmenter
+    return "annotations" if any(r.label_path for r in ds.records) else "hf"
+
+
+def stage_segment(ctx: Context) -> None:
+    store = ctx.store
+    spec = resolve_segmenter_spec(ctx.cfg, ctx.dataset)
+    df = ctx.images()
+    test_df = df[df["row"] >= 0].sort_values("row")
+    label_paths = {
+        r.image_id: r.label_path for r in ctx.dataset.records if r.label_path is not None
+    }
+    segmenter = segmenter_from_spec(
+        spec, label_paths=label_paths, class_names=ctx.dataset.class_names,
+        device=str(ctx.device),
+    )  # fmt: skip
+    if segmenter is None:
+        store.manifest["segmenter"] = None
+        return
+    test = ctx.inputs("test")
+    ids = test_df["image_id"].tolist()
+    bar = ctx.bar(ctx.n_test(), "segment")
+    shards = list(ctx.shards())
+    for k, sl in shards:
+        unit = f"labels:{k}"
+        if not store.unit_done("segment", unit):
+            lab = segmenter.segment(np.asarray(test[sl]), ids[sl])
+            save_array(store.part_path("segment", f"labels-{k:05d}"), lab)
+            store.mark_unit_done("segment", unit)
+            _test_delay()
+        bar.update(sl.stop - sl.start)
+    bar.close()
+    labels = np.concatenate(
+        [np.load(store.part_path("segment", f"labels-{k:05d}")) for k, _ in shards]
+    )
+    store.save_array("labels.npy", labels)
+    store.save_json("classes.json", list(segmenter.class_names))
+    store.manifest["segmenter"] = {
+        "spec": spec, "name": segmenter.name, "n_classes": len(segmenter.class_names),
+    }  # fmt: skip
+
+
+def stage_stats(ctx: Context) -> None:
+    """Object histograms (threshold-free R_p^c), R_p^c with CIs, per-image AR for every pair."""
+    cfg, store = ctx.cfg, ctx.store
+    models = [m["model_id"] for m in ctx.models()]
+    arch_of = {m["model_id"]: m["arch"] for m in ctx.models()}
+    df = ctx.images()
+    test_df = df[df["row"] >= 0].sort_values("row")
+    ids = test_df["image_id"].to_numpy()
+    has_labels = store.path("labels.npy").exists()
+    labels = store.load_array("labels.npy") if has_labels else None
+    class_names = store.read_json("classes.json") if has_labels else None
+    cams_of = {mid: store.load_array(f"cams/{mid}.npy") for mid in models}
+    pairs = list(combinations(models, 2))
+    shards = list(ctx.shards())
+    bar = ctx.bar(ctx.n_test(), "stats")
+    for k, sl in shards:
+        unit = f"shard:{k}"
+        if not store.unit_done("stats", unit):
+            masks = {mid: cam.mask_norm(np.asarray(cams_of[mid][sl]), ctx.size) for mid in models}
+            out: dict[str, np.ndarray] = {}
+            for mid in models:
+                if labels is not None:
+                    r, c, counts = stats.object_histograms(
+                        masks[mid], np.asarray(labels[sl]), len(class_names), cfg.n_bins
+                    )
+                    out[f"hist_row_{mid}"] = r + sl.start
+                    out[f"hist_class_{mid}"] = c
+                    out[f"hist_counts_{mid}"] = counts
+            for i, (a, b) in enumerate(pairs):
+                out[f"ar_{i}"] = stats.average_residual(masks[a], masks[b])
+            _save_npz(store.part_path("stats", f"shard-{k:05d}", ".npz"), **out)
+            store.mark_unit_done("stats", unit)
+            _test_delay()
+        bar.update(sl.stop - sl.start)
+    bar.close()
+    parts = [_load_npz(store.part_path("stats", f"shard-{k:05d}", ".npz")) for k, _ in shards]
+    city_of = pd.Series(test_df["city"].to_numpy(), index=ids)
+    rpc_frames = []
+    for mid in models:
+        if labels is None:
+            break
+        hist = stats.hist_frame(
+            ids,
+            np.concatenate([p[f"hist_row_{mid}"] for p in parts]),
+            np.concatenate([p[f"hist_class_{mid}"] for p in parts]),
+            np.concatenate([p[f"hist_counts_{mid}"] for p in parts]),
+        )
+        store.save_table(f"hist/{mid}.parquet", hist)
+        table = stats.rpc_table(
+            hist, city_of, cfg.threshold, class_names, min_mean_pixels=cfg.min_pixels
+        )
+        ci = stats.rpc_bootstrap(hist, city_of, cfg.threshold, n_boot=cfg.bootstrap, seed=0)
+        table = table.merge(ci, on=["city", "class_id"], how="left")
+        table.insert(0, "model_id", mid)
+        rpc_frames.append(table)
+    if rpc_frames:
+        store.save_table("stats/rpc.parquet", pd.concat(rpc_frames, ignore_index=True))
+    ar_frames = [
+        pd.DataFrame({
+            "model_a": a, "model_b": b, "image_id": ids,
+            "ar": np.concatenate([p[f"ar_{i}"] for p in parts]),
+        })  # fmt: skip
+        for i, (a, b) in enumerate(pairs)
+    ]
+    ar = (
+        pd.concat(ar_frames, ignore_index=True)
+        if ar_frames
+        else pd.DataFrame({"model_a": [], "model_b": [], "image_id": [], "ar": []})
+    )
+    store.save_table("stats/ar.parquet", ar)
+    if pairs:
+        store.save_table("stats/ar_summary.parquet", stats.ar_summary(ar, arch_of))
+        store.save_json("stats/arch_vs_seed.json", stats.arch_vs_seed(ar, arch_of))
+
+
+def stage_embed(ctx: Context) -> None:
+    """PCA-50 → t-SNE / UMAP of every model's masks, clusters and their dominant objects."""
+    cfg, store = ctx.cfg, ctx.store
+    df = ctx.images()
+    test_df = df[df["row"] >= 0].sort_values("row")
+    ids = test_df["image_id"].to_numpy()
+    class_names = store.read_json("classes.json") if store.path("classes.json").exists() else None
+    for m in ctx.models():
+        mid = m["model_id"]
+        if store.unit_done("embed", mid):
+            continue
+        cams_arr = store.load_array(f"cams/{mid}.npy")
+        feats = np.concatenate([
+            embed.masks_to_features(cam.mask_norm(np.asarray(cams_arr[sl]), ctx.size), cfg.embed_res)
+            for _, sl in ctx.shards()
+        ])  # fmt: skip
+        frame = pd.DataFrame({"image_id": ids, "row": test_df["row"].to_numpy()})
+        for method in cfg.embed_methods:
+            emb = embed.MaskEmbedder(method=method, n_pca=cfg.n_pca, random_state=0)
+            xy = emb.fit_transform(feats)
+            frame[f"{method}_x"], frame[f"{method}_y"] = xy[:, 0], xy[:, 1]
+            _save_npz(store.path(f"embed/{mid}_{method}.npz"), **emb.state_dict())
+        for method in ("tsne", "umap"):
+            if f"{method}_x" not in frame:
+                frame[f"{method}_x"] = np.nan
+                frame[f"{method}_y"] = np.nan
+        first = cfg.embed_methods[0]
+        xy = frame[[f"{first}_x", f"{first}_y"]].to_numpy()
+        n_clusters = max(1, min(cfg.n_clusters, len(frame) // 5))
+        frame["cluster"] = embed.cluster_points(xy, n_clusters=n_clusters)
+        frame["cluster_label"] = frame["cluster"].map(lambda c: f"cluster {c}")
+        frame["dominant"] = ""
+        if class_names is not None and store.path(f"hist/{mid}.parquet").exists():
+            hist = store.read_table(f"hist/{mid}.parquet")
+            dom = stats.dominant_object(hist, cfg.threshold, class_names)
+            frame["dominant"] = frame["image_id"].map(dom).fillna("").astype(str)
+            prof = stats.cluster_profiles(
+                hist, pd.Series(frame["cluster"].to_numpy(), index=ids), cfg.threshold, class_names
+            )
+            label_of = dict(zip(prof["cluster"], prof["label"], strict=False))
+            frame["cluster_label"] = frame["cluster"].map(
+                lambda c: label_of.get(c) or f"cluster {c}"
+            )
+        store.save_table(f"embed/{mid}.parquet", frame)
+        store.mark_unit_done("embed", mid)
+        _test_delay()
+
+
+def stage_thumbs(ctx: Context) -> None:
+    """Sprite sheets of 96 px thumbnails: originals, and per model overlay + explanation."""
+    cfg, store = ctx.cfg, ctx.store
+    test = ctx.inputs("test")
+    n = ctx.n_test()
+    models = [m["model_id"] for m in ctx.models()]
+    cams_of = {mid: store.load_array(f"cams/{mid}.npy") for mid in models}
+    n_sheets = (n + THUMBS_PER_SHEET - 1) // THUMBS_PER_SHEET
+    kinds = ["orig"] + [f"{mid}/{k}" for mid in models for k in ("overlay", "expl")]
+    bar = ctx.bar(n_sheets, "thumbs", unit="sheet")
+    for s in range(n_sheets):
+        unit = f"sheet:{s}"
+        if not store.unit_done("thumbs", unit):
+            sl = slice(s * THUMBS_PER_SHEET, min((s + 1) * THUMBS_PER_SHEET, n))
+            imgs = np.asarray(test[sl])
+            tiles = thumbs.render_tiles(imgs, None, "orig", size=cfg.thumb_size)
+            thumbs.write_sheet(store.path(thumb_sheet_rel("orig", s)), tiles, THUMBS_PER_ROW)
+            for mid in models:
+                masks = cam.mask_norm(np.asarray(cams_of[mid][sl]), ctx.size)
+                for kind in ("overlay", "expl"):
+                    tiles = thumbs.render_tiles(
+                        imgs, masks, kind, size=cfg.thumb_size, threshold=cfg.threshold
+                    )
+                    path = store.path(thumb_sheet_rel(f"{mid}/{kind}", s))
+                    thumbs.write_sheet(path, tiles, THUMBS_PER_ROW)
+            store.mark_unit_done("thumbs", unit)
+            _test_delay()
+        bar.update(1)
+    bar.close()
+    store.manifest["thumbs"] = {
+        "size": cfg.thumb_size, "per_row": THUMBS_PER_ROW, "kinds": kinds,
+        "n_sheets": n_sheets, "threshold": cfg.threshold,
+    }  # fmt: skip
+
+
+STAGE_FUNCS: dict[str, Callable[[Context], None]] = {
+    "data": stage_data,
+    "train": stage_train,
+    "cams": stage_cams,
+    "segment": stage_segment,
+    "stats": stage_stats,
+    "embed": stage_embed,
+    "thumbs": stage_thumbs,
+}
+
+
+def run_stages(ctx: Context, stages: list[str], *, force: bool = False) -> None:
+    for name in stages:
+        store = ctx.store
+        if force:
+            store.reset_stage(name)
+        elif store.stage_done(name):
+            log.info("stage %s: already done, reused", name)
+            ctx.timings[name] = 0.0
+            continue
+        t0 = time.perf_counter()
+        log.info("stage %s …", name)
+        STAGE_FUNCS[name](ctx)
+        seconds = time.perf_counter() - t0
+        store.finish_stage(name, seconds)
+        ctx.timings[name] = seconds
+        log.info("stage %s: done in %.1f s", name, seconds)

@@ -1,0 +1,95 @@
+"""The closing summary of a precompute run, and the synthetic set's known-answer check."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from cityviz.store import Cache
+
+
+def known_answer(rpc: pd.DataFrame, discriminative: dict[str, list[str]]) -> dict[str, dict]:
+    """Per city: do all planted objects rank above every shared object by R_p^c?
+
+    ``rpc`` is one model's R_p^c table (rows kept by the min-pixel filter are compared; planted
+    objects are compared whether kept or not, since a planted object must never be filtered out).
+    """
+    out = {}
+    for city, planted in discriminative.items():
+        t = rpc[rpc["city"] == city]
+        p = t[t["object"].isin(planted)]
+        shared = t[~t["object"].isin(sum(discriminative.values(), [])) & t["kept"]]
+        min_planted = float(p["rpc"].min()) if len(p) == len(planted) else float("nan")
+        max_shared = float(shared["rpc"].max()) if len(shared) else 0.0
+        out[city] = {
+            "ok": bool(not math.isnan(min_planted) and min_planted > max_shared),
+            "min_planted": min_planted,
+            "max_shared": max_shared,
+            "max_shared_object": str(shared.loc[shared["rpc"].idxmax(), "object"])
+            if len(shared)
+            else None,
+        }
+    return out
+
+
+def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str:
+    m = cache.manifest
+    lines = [f"cityviz cache: {cache.root}", ""]
+    lines.append("Models (accuracy on the spot-grouped splits)")
+    lines.append(f"  {'model':<14}{'train':>8}{'val':>8}{'test':>8}{'train s':>9}")
+    for mod in cache.models:
+        lines.append(
+            f"  {mod['model_id']:<14}{100 * mod['train_accuracy']:>7.1f}%"
+            f"{100 * mod['val_accuracy']:>7.1f}%{100 * mod['test_accuracy']:>7.1f}%"
+            f"{mod.get('train_seconds', 0):>9.0f}"
+        )
+    if (cache.root / "stats/ar_summary.parquet").exists():
+        ar = cache.ar_summary()
+        lines += ["", "Average residual AR between models (paper Table 2)"]
+        for r in ar.sort_values(["kind", "mean_ar"], ascending=[True, False]).itertuples():
+            lines.append(
+                f"  {r.model_a + ' – ' + r.model_b:<30}{r.mean_ar:.4f}  "
+                f"[{r.ci_lo:.4f}, {r.ci_hi:.4f}]  ({r.kind})"
+            )
+        avs = (cache.root / "stats/arch_vs_seed.json")
+        if avs.exists():
+            import json
+
+            d = json.loads(avs.read_text())
+            lines.append(
+                "  architecture pairs {:.4f} vs seed pairs {:.4f}: difference {:.4f} "
+                "[{:.4f}, {:.4f}] → paper's claim {}".format(
+                    *(d.get(k, float("nan")) for k in
+                      ("mean_arch", "mean_seed", "diff", "ci_lo", "ci_hi")),
+                    {True: "holds", False: "does not hold", None: "untestable"}[
+                        d.get("claim_holds")],
+                )
+            )
+    if (cache.root / "stats/rpc.parquet").exists():
+        rpc = cache.rpc()
+        thr = m["config"]["threshold"]
+        lines += ["", f"Top objects per city by R_p^c (threshold {thr}, mean pixels > "
+                  f"{m['config']['min_pixels']:g})"]
+        for mid in cache.model_ids:
+            t = rpc[(rpc["model_id"] == mid) & rpc["kept"]]
+            for city in cache.cities:
+                tc = t[t["city"] == city].sort_values("rpc", ascending=False).head(top)
+                objs = ", ".join(f"{o} {v:.2f}" for o, v in zip(tc["object"], tc["rpc"], strict=False))
+                lines.append(f"  {mid:<14}{city:<18}{objs}")
+        disc = m["dataset"].get("discriminative")
+        if disc:
+            lines += ["", "Known answer (synthetic set): planted objects above every shared one?"]
+            for mid in cache.model_ids:
+                ka = known_answer(rpc[rpc["model_id"] == mid], disc)
+                verdict = "PASS" if all(v["ok"] for v in ka.values()) else "FAIL"
+                detail = "; ".join(
+                    f"{c}: planted ≥ {v['min_planted']:.2f} vs shared ≤ {v['max_shared']:.2f}"
+                    for c, v in ka.items()
+                )
+                lines.append(f"  {mid:<14}{verdict}  {detail}")
+    elif not m.get("segmenter"):
+        lines += ["", "No segmenter configured: object statistics were skipped."]
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+              + f"  (total {sum(timings.values()):.1f})"]
+    return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""cityviz.data.images: every odd or hostile input decodes correctly or fails with
+ImageDecodeError; resize_center_crop keeps labels exact and aligned with their images."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageFile
+
+from cityviz.data.images import (
+    ImageDecodeError,
+    crop_geometry,
+    decode_image,
+    resize_center_crop,
+)
+
+RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
+
+
+def _save(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width×height`` pixels (no pixel data at all)."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    im = Image.new("CMYK", (16, 12), (0, 255, 255, 0))  # pure red in CMYK
+    out = decode_image(_save(im, "JPEG", quality=95))
+    assert out.shape == (12, 16, 3) and out.dtype == np.uint8
+    r, g, b = out.reshape(-1, 3).mean(0)
+    assert r > 230 and g < 25 and b < 25
+
+
+def test_16bit_png_is_scaled_not_clipped():
+    values = np.array([[0, 257 * 100, 40000, 65535]], dtype=np.uint16)
+    im = Image.fromarray(values)
+    assert im.mode == "I;16"
+    out = decode_image(_save(im, "PNG"))
+    assert out.shape == (1, 4, 3)
+    # 65535 -> 255, 25700 -> 100, 40000 -> round(40000 / 257) = 156 (clipping would give 255)
+    assert out[0, :, 0].tolist() == [0, 100, 156, 255]
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_32bit_integer_image_in_16bit_range_is_scaled():
+    im = Image.fromarray(np.array([[0, 65535, 32896]], dtype=np.int32), mode="I")
+    out = decode_image(_save(im, "TIFF"))
+    assert out[0, :, 0].tolist() == [0, 255, 128]
+
+
+def test_greyscale_and_grey_alpha():
+    grey = Image.fromarray(np.array([[0, 128, 255]], dtype=np.uint8), mode="L")
+    assert decode_image(_save(grey, "PNG"))[0].tolist() == [[0] * 3, [128] * 3, [255] * 3]
+    la = Image.new("LA", (2, 1))
+    la.putpixel((0, 0), (0, 0))  # fully transparent black -> white
+    la.putpixel((1, 0), (0, 255))  # opaque black stays black
+    assert decode_image(_save(la, "PNG"))[0].tolist() == [[255] * 3, [0] * 3]
+
+
+def test_palette_with_transparency_composites_on_white():
+    im = Image.new("P", (4, 2), 0)
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * (254 * 3))
+    im.putpixel((0, 0), 1)
+    im.info["transparency"] = 0
+    data = _save(im, "PNG", transparency=0)
+    assert Image.open(io.BytesIO(data)).mode == "P"
+    out = decode_image(data)
+    assert tuple(out[0, 0]) == RED
+    assert tuple(out[1, 3]) == WHITE  # index 0 is transparent
+
+
+def test_rgba_half_transparent_blends_with_white():
+    im = Image.new("RGBA", (1, 1), (0, 0, 0, 128))
+    out = decode_image(_save(im, "PNG"))
+    # 0 * 128/255 + 255 * 127/255 = 127
+    assert tuple(out[0, 0]) == (127, 127, 127)
+
+
+def test_animated_gif_gives_first_frame():
+    frames = [Image.new("RGB", (8, 8), RED), Image.new("RGB", (8, 8), BLUE)]
+    data = _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    out = decode_image(data)
+    assert out.shape == (8, 8, 3)
+    assert np.abs(out.astype(int) - RED).max() <= 2
+
+
+def test_exif_orientation_is_applied():
+    arr = np.zeros((20, 40, 3), np.uint8)  # 20 high, 40 wide: left half red, right half blue
+    arr[:, :20] = RED
+    arr[:, 20:] = BLUE
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    out = decode_image(_save(Image.fromarray(arr), "JPEG", quality=95, exif=exif.tobytes()))
+    assert out.shape == (40, 20, 3)  # portrait after rotation
+    top, bottom = out[5, 10].astype(int), out[34, 10].astype(int)
+    assert top[0] > 200 and top[2] < 60  # the left (red) half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_paths_and_file_objects(tmp_path: Path):
+    p = tmp_path / "x.png"
+    Image.new("RGB", (3, 2), BLUE).save(p)
+    for src in (p, str(p), io.BytesIO(p.read_bytes()), bytearray(p.read_bytes())):
+        out = decode_image(src)
+        assert out.shape == (2, 3, 3) and tuple(out[0, 0]) == BLUE
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def _fails(src, match: str, **kw) -> ImageDecodeError:
+    with pytest.raises(ImageDecodeError, match=match) as info:
+        decode_image(src, **kw)
+    err = info.value
+    assert type(err) is ImageDecodeError and isinstance(err, ValueError)
+    assert str(err)[0].isupper() and str(err).endswith(".")  # a sentence for a user
+    return err
+
+
+def test_truncated_jpeg_is_an_error_not_a_partial_image():
+    rng = np.random.default_rng(0)
+    data = _save(Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)), "JPEG")
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+    _fails(data[: len(data) // 2], "damaged or incomplete")
+
+
+def test_random_bytes_and_text_are_not_images():
+    _fails(np.random.default_rng(1).bytes(2048), "not a recognised image")
+    _fails(b"hello, this is a text file\n", "not a recognised image")
+
+
+def test_empty_and_missing_files(tmp_path: Path):
+    _fails(b"", "empty")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    _fails(empty, "empty")
+    _fails(tmp_path / "nope.jpg", "does not exist")
+    _fails(tmp_path, "folder")
+
+
+def test_bomb_header_rejected_before_decoding(monkeypatch: pytest.MonkeyPatch):
+    data = _png_header_only(20_000, 20_000)  # 400 Mpx claimed by a 45-byte file
+    assert len(data) < 100
+
+    def no_decoding(self):
+        raise AssertionError("pixel data must not be decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    _fails(data, "too large")
+    # within PIL's own limit but above ours: our check still fires first
+    _fails(_png_header_only(5000, 5000), "too large", max_pixels=1_000_000)
+
+
+def test_real_compressed_bomb_with_small_limit():
+    data = _save(Image.new("L", (3000, 3000), 0), "PNG", optimize=True)
+    assert len(data) < 50_000
+    err = _fails(data, "3000×3000", max_pixels=1_000_000)
+    assert "1,000,000" in str(err)
+
+
+def test_pil_bomb_error_and_warning_are_converted():
+    # our limit set above PIL's: PIL's own DecompressionBombError must still come out as ours
+    assert 2 * Image.MAX_IMAGE_PIXELS < 20_000 * 20_000
+    _fails(_png_header_only(20_000, 20_000), "too large", max_pixels=10**12)
+    side = int((Image.MAX_IMAGE_PIXELS * 1.5) ** 0.5)  # between PIL's warning and error limits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        _fails(_png_header_only(side, side), "too large", max_pixels=10**12)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_crop_geometry_matches_hand_computation():
+    # landscape 480×640 -> 224×int(224*640/480)=298, left = round(74 / 2) = 37
+    assert crop_geometry(480, 640, 224) == (224, 298, 0, 37)
+    # portrait 300×200 -> int(96*300/200)=144×96, top = round(48 / 2) = 24
+    assert crop_geometry(300, 200, 96) == (144, 96, 24, 0)
+    assert crop_geometry(50, 50, 64) == (64, 64, 0, 0)
+
+
+@pytest.mark.parametrize("h,w,size", [(480, 640, 224), (300, 200, 96), (37, 51, 64),
+                                      (1080, 1920, 112)])
+def test_resize_matches_torchvision(h: int, w: int, size: int):
+    rng = np.random.default_rng(h * w)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    lab = rng.integers(0, 150, (h, w), dtype=np.uint8)
+    ours = resize_center_crop(img, size)
+    ref = np.asarray(TF.center_crop(TF.resize(Image.fromarray(img), size), size))
+    assert ours.shape == (size, size, 3) and ours.dtype == np.uint8
+    assert np.abs(ours.astype(int) - ref).max() <= 1
+    ours_lab = resize_center_crop(lab, size, nearest=True)
+    ref_lab = np.asarray(TF.center_crop(
+        TF.resize(Image.fromarray(lab), size, interpolation=TF.InterpolationMode.NEAREST), size))
+    assert (ours_lab == ref_lab).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_nearest_keeps_exact_labels_any_dtype(dtype):
+    rng = np.random.default_rng(3)
+    hi = min(np.iinfo(dtype).max, 100_000)
+    lab = rng.integers(0, hi, (57, 83), dtype=dtype)
+    out = resize_center_crop(lab, 40, nearest=True)
+    assert out.dtype == lab.dtype and out.shape == (40, 40)
+    assert set(np.unique(out)) <= set(np.unique(lab))
+    # hand-check one pixel: rows scale 57/40, cols scale 83/int(40*83/57)=83/58, left = 9
+    new_h, new_w, top, left = crop_geometry(57, 83, 40)
+    assert (new_h, new_w, top, left) == (40, 58, 0, 9)
+    i, j = 17, 5
+    assert out[i, j] == lab[int((i + 0.5) * 57 / 40), int((left + j + 0.5) * 83 / 58)]
+
+
+def test_image_and_label_stay_aligned():
+    """An image painted from its label map must agree with the resized labels away from edges."""
+    rng = np.random.default_rng(7)
+    blocks = rng.integers(0, 6, (20, 25))
+    lab = np.kron(blocks, np.ones((18, 18), dtype=np.int64))  # 360×450, 18 px cells
+    palette = rng.integers(0, 256, (6, 3)).astype(np.uint8)
+    img = palette[lab]
+    size = 119  # cells become ~6 px
+    out_img = resize_center_crop(img, size).astype(int)
+    out_lab = resize_center_crop(lab, size, nearest=True)
+    interior = np.zeros((size, size), bool)
+    interior[1:-1, 1:-1] = True
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            shifted = np.roll(np.roll(out_lab, dy, 0), dx, 1)
+            interior &= shifted == out_lab
+    assert interior.mean() > 0.3
+    diff = np.abs(out_img - palette[out_lab].astype(int)).max(axis=2)
+    assert diff[interior].max() <= 1
+    # a one-pixel shift of the labels breaks this agreement: the test can fail
+    moved = np.roll(out_lab, 2, 1)
+    assert (np.abs(out_img - palette[moved].astype(int)).max(axis=2) > 1).mean() > 0.05
+
+
+def test_resize_rejects_bilinear_labels_and_keeps_identity():
+    with pytest.raises(ValueError, match="nearest=True"):
+        resize_center_crop(np.zeros((10, 10), np.int32), 5)
+    img = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    out = resize_center_crop(img, 64)  # no scaling needed: a pure centre crop
+    assert (out == img[:, 8:72]).all()

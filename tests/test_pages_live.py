@@ -1,0 +1,234 @@
+"""AppTest: the Live Grad-CAM page, driven through st.file_uploader with good and bad files."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cityviz.fake_cache import make_fake_cache
+from cityviz.store import Cache
+from cityviz.ui import live as ul
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "live.py")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return make_fake_cache(
+        tmp_path_factory.mktemp("live") / "cache",
+        n_images=60,
+        archs=("resnet18",),
+        seeds=(0, 1),
+        image_size=48,
+        test_fraction=0.5,
+        pool_size=12,
+    )
+
+
+@pytest.fixture(scope="module")
+def page(cache_dir) -> AppTest:
+    """One app session for the module: uploads follow one another like a user's."""
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["cache_path"] = str(cache_dir)
+    at.run()
+    assert not at.exception
+    return at
+
+
+# --------------------------------------------------------------------------- files
+
+
+def street(w: int = 120, h: int = 90, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[: h // 2] = (120, 170, 230)
+    img[h // 2 :] = (90, 90, 90)
+    img[h // 4 : h // 2, w // 3 : w // 2] = (200, 40, 40)
+    return Image.fromarray(np.clip(img + rng.integers(0, 25, img.shape), 0, 255).astype(np.uint8))
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(street(seed=1).convert("CMYK"), "JPEG")
+
+
+def png16() -> bytes:
+    grey = np.linspace(0, 65535, 90 * 120).reshape(90, 120).astype(np.uint16)
+    return encode(Image.fromarray(grey), "PNG")
+
+
+def palette_transparent_png() -> bytes:
+    im = street(seed=2).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    return encode(im, "PNG", transparency=0)
+
+
+def animated_gif() -> bytes:
+    frames = [street(seed=s).convert("P") for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=80, loop=0)
+    return buf.getvalue()
+
+
+def exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    return encode(street(seed=3), "JPEG", exif=exif.tobytes())
+
+
+def truncated_jpeg() -> bytes:
+    data = encode(street(seed=4), "JPEG")
+    return data[: len(data) // 2]
+
+
+HANDLED = {  # odd but valid: a prediction plus a note saying what was done
+    "cmyk.jpg": (cmyk_jpeg, "CMYK"),
+    "deep.png": (png16, "16-bit"),
+    "palette.png": (palette_transparent_png, "Transparent"),
+    "anim.gif": (animated_gif, "first frame"),
+    "rotated.jpg": (exif_rotated_jpeg, "EXIF"),
+}
+REFUSED = {  # cannot be analysed: one clear sentence
+    "cut.jpg": (truncated_jpeg, "damaged or incomplete"),
+    "noise.jpg": (lambda: np.random.default_rng(0).bytes(4096), "not a recognised image"),
+    "bomb.png": (lambda: png_header_only(100_000, 100_000), "too large"),
+    "huge.png": (lambda: png_header_only(6000, 6000), "too large"),
+    "notes.txt": (lambda: b"just some text, not a photo", "not a recognised image"),
+}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def probabilities(at: AppTest) -> list[list[float]]:
+    """The x values of every horizontal probability bar chart on the page."""
+    out = []
+    for chart in at.get("plotly_chart"):
+        trace = json.loads(chart.proto.spec)["data"][0]
+        if trace.get("orientation") != "h":
+            continue
+        x = trace["x"]
+        if isinstance(x, dict):
+            x = np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"]).tolist()
+        out.append(list(x))
+    return out
+
+
+def assert_predictions(at: AppTest, cache_dir: Path) -> None:
+    cache = Cache(cache_dir)
+    names = [m["display"] for m in cache.models]
+    lines = [m.value for m in at.markdown if " predicts " in m.value]
+    assert [line.split("**")[1] for line in lines] == names
+    probs = probabilities(at)
+    assert len(probs) == len(names)
+    for p in probs:
+        assert len(p) == len(cache.cities) and sum(p) == pytest.approx(1.0, abs=1e-6)
+    assert len(at.get("image")) >= 2 * len(names)
+
+
+def upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.file_uploader(key="live_upload").set_value((name, data, "application/octet-stream"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_page_renders_and_asks_for_a_photo(page):
+    assert page.title[0].value == "Live Grad-CAM"
+    assert page.file_uploader[0].label == "Upload a street photo"
+    assert page.selectbox(key="live_method").options == ["gradcam", "gradcam++", "hirescam",
+                                                          "layercam"]  # fmt: skip
+    assert any("Upload a street photo" in i.value for i in page.info)
+    assert not page.error
+
+
+def test_good_photo_gives_every_model_a_prediction(page, cache_dir):
+    at = upload(page, "street.jpg", encode(street(), "JPEG"))
+    assert not at.error
+    assert_predictions(at, cache_dir)
+    table = at.dataframe[0].value
+    assert len(table) == 2 and set(table["predicted city"]) <= set(Cache(cache_dir).cities)
+    # An uploaded photo has no annotation, and the page says so.
+    assert any(i.value == ul.ANNOTATIONS_MESSAGE for i in at.info)
+
+
+@pytest.mark.parametrize("name", list(HANDLED))
+def test_odd_but_valid_files_are_handled(page, cache_dir, name):
+    make, note = HANDLED[name]
+    at = upload(page, name, make())
+    assert not at.error, [e.value for e in at.error]
+    assert any(note in i.value for i in at.info), [i.value for i in at.info]
+    assert_predictions(at, cache_dir)
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_bad_files_get_a_clear_message(page, name):
+    make, needle = REFUSED[name]
+    at = upload(page, name, make())
+    assert len(at.error) == 1 and needle in at.error[0].value
+    assert not [m for m in at.markdown if " predicts " in m.value]
+
+
+def test_page_keeps_serving_after_bad_files(page, cache_dir):
+    upload(page, "noise.jpg", b"\x00\x01garbage")
+    at = upload(page, "again.png", encode(street(seed=9), "PNG"))
+    assert not at.error
+    assert_predictions(at, cache_dir)
+
+
+def test_threshold_and_method_change_the_explanation(page, cache_dir):
+    at = upload(page, "street2.jpg", encode(street(seed=5), "JPEG"))
+    at.slider(key="live_threshold").set_value(0.8).run()
+    assert any("mask ≥ 0.80" in (img.proto.imgs[0].caption if img.proto.imgs else "")
+               for img in at.get("image"))  # fmt: skip
+    at.selectbox(key="live_method").set_value("layercam").run()
+    assert not at.exception and not at.error
+    assert_predictions(at, cache_dir)
+
+
+def test_unexpected_failure_becomes_a_short_error(page, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("internal detail that users should not see")
+
+    monkeypatch.setattr(ul, "predict", boom)
+    at = upload(page, "fresh.jpg", encode(street(seed=11), "JPEG"))
+    assert [e.value for e in at.error] == [ul.UNEXPECTED_MESSAGE]
+
+
+def test_sample_picker_shows_segmentation_and_map(cache_dir):
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["cache_path"] = str(cache_dir)
+    at.run()
+    at.radio(key="live_source").set_value("Sample from the test set").run()
+    assert not at.exception and not at.error
+    assert_predictions(at, cache_dir)
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("The explanation is made of:") for c in captions)
+    assert sum(c.startswith("test image ") for c in captions) == 6  # nearest test images
+    assert any("your photo" in chart.proto.spec for chart in at.get("plotly_chart"))

@@ -1,0 +1,262 @@
+"""cityviz.data.synth: deterministic, order-independent output; labels that match the pixels;
+planted objects in every image of their city and nowhere else; shared objects alike everywhere."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cityviz.data import synth
+from cityviz.data.ade20k import ADE20K_CLASSES, ADE20K_INDEX
+from cityviz.data.synth import (
+    PLANTED_PAIRS,
+    SHARED_OBJECTS,
+    SynthConfig,
+    default_city_names,
+    discriminative_objects,
+    generate,
+    render_scene,
+    time_of_day,
+)
+
+ALL_PLANTED = {name for pair in PLANTED_PAIRS for name in pair}
+SMALL = SynthConfig(spots_per_city=3, views_per_spot=2, size=64, seed=5)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("synth") / "set", SMALL)
+
+
+def test_layout_and_metadata(small_set: Path):
+    with open(small_set / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["path", "city", "spot", "label_path"]
+    assert len(rows) == 2 * 3 * 2
+    assert rows[3] == {"path": "images/tokyo-like/tokyo-like_s0001_v01.png", "city": "tokyo-like",
+                       "spot": "tokyo-like/s0001",
+                       "label_path": "labels/tokyo-like/tokyo-like_s0001_v01.png"}
+    for r in rows:
+        img = Image.open(small_set / r["path"])
+        lab = Image.open(small_set / r["label_path"])
+        assert img.size == lab.size == (64, 64)
+        assert img.mode == "RGB" and lab.mode == "L"
+    assert json.loads((small_set / "classes.json").read_text()) == list(ADE20K_CLASSES)
+    meta = json.loads((small_set / "synth.json").read_text())
+    assert meta["config"] == {"cities": ["tokyo-like", "pittsburgh-like"], "spots_per_city": 3,
+                              "views_per_spot": 2, "size": 64, "seed": 5}
+    assert meta["discriminative"] == {"tokyo-like": ["signboard", "fence"],
+                                      "pittsburgh-like": ["skyscraper", "tree"]}
+    assert meta["shared"] == list(SHARED_OBJECTS) and meta["generator_version"] == 1
+    assert not [p for p in small_set.parent.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_deterministic_and_order_independent(small_set: Path, tmp_path: Path):
+    again = _files(generate(tmp_path / "again", SMALL))
+    first = _files(small_set)
+    assert again == first
+    # one image rendered on its own, in another order, equals the file written by generate()
+    for city, spot, view in [("pittsburgh-like", 2, 1), ("tokyo-like", 0, 0)]:
+        img, lab = render_scene(SMALL, city, spot, view)
+        name = synth.image_name(city, spot, view)
+        assert (np.asarray(Image.open(small_set / "images" / city / name)) == img).all()
+        assert (np.asarray(Image.open(small_set / "labels" / city / name)) == lab).all()
+    # more spots or more cities do not change the images that already existed
+    bigger = SynthConfig(cities=default_city_names(3), spots_per_city=5, views_per_spot=2,
+                         size=64, seed=5)
+    for city, spot, view in [("tokyo-like", 2, 1), ("pittsburgh-like", 1, 0)]:
+        a, b = render_scene(SMALL, city, spot, view), render_scene(bigger, city, spot, view)
+        assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    seed6 = render_scene(SynthConfig(size=64, seed=6), "tokyo-like", 0, 0)[0]
+    assert not (seed6 == render_scene(SynthConfig(size=64, seed=5), "tokyo-like", 0, 0)[0]).all()
+
+
+def test_process_pool_gives_the_same_bytes(small_set: Path, tmp_path: Path):
+    assert _files(generate(tmp_path / "pool", SMALL, workers=2)) == _files(small_set)
+
+
+def test_existing_complete_output_is_reused(small_set: Path, monkeypatch: pytest.MonkeyPatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("must not render again")
+
+    monkeypatch.setattr(synth, "_write_spot", boom)
+    assert generate(small_set, SMALL) == small_set
+
+
+def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    real = synth._write_spot
+    calls = []
+
+    def fail_late(task):
+        calls.append(task)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real(task)
+
+    monkeypatch.setattr(synth, "_write_spot", fail_late)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(tmp_path / "out", SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_config_replaces_output_but_foreign_folders_are_refused(tmp_path: Path):
+    out = generate(tmp_path / "set", SMALL)
+    cfg = SynthConfig(spots_per_city=1, views_per_spot=1, size=48, seed=5)
+    generate(out, cfg)
+    assert json.loads((out / "synth.json").read_text())["config"]["size"] == 48
+    assert len(list((out / "images" / "tokyo-like").iterdir())) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(FileExistsError):
+        generate(foreign, cfg)
+    assert (foreign / "holiday.jpg").exists()
+
+
+def test_city_assignment_and_validation():
+    assert discriminative_objects(SynthConfig()) == {"tokyo-like": ["signboard", "fence"],
+                                                     "pittsburgh-like": ["skyscraper", "tree"]}
+    four = discriminative_objects(SynthConfig(cities=("a", "pittsburgh-like", "b", "tokyo-like")))
+    assert four == {"a": ["awning", "streetlight"], "pittsburgh-like": ["skyscraper", "tree"],
+                    "b": ["traffic light", "flag"], "tokyo-like": ["signboard", "fence"]}
+    assert default_city_names(4) == ("tokyo-like", "pittsburgh-like", "city-3", "city-4")
+    with pytest.raises(ValueError, match="at most 8"):
+        SynthConfig(cities=default_city_names(9))
+    with pytest.raises(ValueError, match="unique"):
+        SynthConfig(cities=("a", "a"))
+    with pytest.raises(ValueError, match="city name"):
+        SynthConfig(cities=("../evil", "b"))
+    assert all(name in ADE20K_INDEX for name in ALL_PLANTED | set(SHARED_OBJECTS))
+    assert not ALL_PLANTED & set(SHARED_OBJECTS)
+
+
+def _label_fractions(config: SynthConfig):
+    """{city: array[n_images, 150]} of per-class pixel fractions."""
+    out = {}
+    for city in config.cities:
+        rows = []
+        for spot in range(config.spots_per_city):
+            for view in range(config.views_per_spot):
+                lab = render_scene(config, city, spot, view)[1]
+                rows.append(np.bincount(lab.ravel(), minlength=150) / lab.size)
+        out[city] = np.array(rows)
+    return out
+
+
+@pytest.fixture(scope="module")
+def eight_cities():
+    cfg = SynthConfig(cities=default_city_names(8), spots_per_city=4, views_per_spot=4, size=64)
+    return cfg, _label_fractions(cfg)
+
+
+def test_planted_objects_in_every_image_of_their_city_only(eight_cities):
+    cfg, fractions = eight_cities
+    disc = discriminative_objects(cfg)
+    for city, frac in fractions.items():
+        for name in ALL_PLANTED:
+            share = frac[:, ADE20K_INDEX[name]]
+            if name in disc[city]:
+                assert share.min() >= 0.01, (city, name, share.min())  # clearly visible
+                assert 0.025 <= share.mean() <= 0.16, (city, name, share.mean())
+            else:
+                assert share.max() == 0.0, (city, name)
+
+
+@pytest.fixture(scope="module")
+def two_cities():
+    cfg = SynthConfig(spots_per_city=30, views_per_spot=4, size=48, seed=1)
+    return cfg, _label_fractions(cfg)
+
+
+def test_shared_objects_have_similar_frequencies(two_cities):
+    _, fractions = two_cities
+    a, b = fractions["tokyo-like"], fractions["pittsburgh-like"]
+    for name in SHARED_OBJECTS:
+        i = ADE20K_INDEX[name]
+        present_a, present_b = (a[:, i] > 0).mean(), (b[:, i] > 0).mean()
+        assert abs(present_a - present_b) <= 0.15, (name, present_a, present_b)
+        # pixel shares differ only by what the planted objects cover (e.g. skyscrapers hide sky)
+        assert abs(a[:, i].mean() - b[:, i].mean()) <= 0.07, name
+    used = {ADE20K_CLASSES[i] for f in fractions.values() for i in np.flatnonzero(f.sum(0))}
+    assert used <= set(SHARED_OBJECTS) | ALL_PLANTED
+
+
+def _within_class_variance(img: np.ndarray, lab: np.ndarray) -> float:
+    flat, labels = img.reshape(-1, 3).astype(float), lab.ravel()
+    total = 0.0
+    for c in np.unique(labels):
+        px = flat[labels == c]
+        total += ((px - px.mean(0)) ** 2).sum()
+    return total / len(flat)
+
+
+def test_labels_match_pixels():
+    cfg = SynthConfig(spots_per_city=6, views_per_spot=2, size=96, seed=3)
+    day_checked = 0
+    for city in cfg.cities:
+        for spot in range(cfg.spots_per_city):
+            for view in range(cfg.views_per_spot):
+                img, lab = render_scene(cfg, city, spot, view)
+                when = time_of_day(cfg, city, spot, view)
+                # the true label map explains the pixels better than one moved by 3 px diagonally
+                aligned = _within_class_variance(img, lab)
+                moved = _within_class_variance(img, np.roll(lab, (3, 3), axis=(0, 1)))
+                # (at night lit windows dominate the variance, so only demand "better")
+                assert aligned < (1.0 if when == "night" else 0.8) * moved, (city, spot, view)
+                if when != "day":
+                    continue
+                day_checked += 1
+                mean = {n: img[lab == ADE20K_INDEX[n]].astype(float).mean(0)
+                        for n in ("sky", "road", "tree", "skyscraper")
+                        if (lab == ADE20K_INDEX[n]).any()}
+                assert mean["sky"][2] > mean["sky"][0] + 30  # blue sky
+                assert mean["sky"].sum() > mean["road"].sum()
+                if city == "pittsburgh-like":
+                    r, g, b = mean["tree"]
+                    assert g > r and g > b  # green crowns on brown trunks
+                    r, g, b = mean["skyscraper"]
+                    assert b > r + 15 and b > g  # dark-blue towers
+                else:  # saturated coloured panels
+                    sat = img.max(axis=2).astype(int) - img.min(axis=2)
+                    signs = lab == ADE20K_INDEX["signboard"]
+                    assert sat[signs].mean() > sat[lab == ADE20K_INDEX["building"]].mean() + 30
+    assert day_checked >= 4
+
+
+def test_views_of_a_spot_overlap_and_nuisances_vary():
+    cfg = SynthConfig(spots_per_city=12, views_per_spot=4, size=64)
+    la = render_scene(cfg, "tokyo-like", 0, 0)[1]
+    lb = render_scene(cfg, "tokyo-like", 0, 1)[1]
+    shift = synth.view_offsets(cfg)[1] - synth.view_offsets(cfg)[0]
+    assert shift == round(2 * 64 / 3)
+    assert (la[:, shift:] == lb[:, : 64 - shift]).all()  # same street seen from the next offset
+    times = {time_of_day(cfg, c, s, v) for c in cfg.cities for s in range(12) for v in range(4)}
+    assert times == {"day", "sunset", "night"}
+    brightness = {"day": [], "night": []}
+    for s in range(12):
+        for v in range(4):
+            t = time_of_day(cfg, "pittsburgh-like", s, v)
+            if t in brightness:
+                brightness[t].append(render_scene(cfg, "pittsburgh-like", s, v)[0].mean())
+    assert np.mean(brightness["night"]) < 0.5 * np.mean(brightness["day"])
+
+
+def test_png_encoder_round_trips():
+    rng = np.random.default_rng(0)
+    for arr in (rng.integers(0, 256, (7, 5, 3), dtype=np.uint8),
+                rng.integers(0, 150, (6, 9), dtype=np.uint8)):
+        for level in (0, 6):
+            data = synth.encode_png(arr, level)
+            assert (np.asarray(Image.open(io.BytesIO(data))) == arr).all()
