@@ -48,7 +48,9 @@ class RunConfig:
     bootstrap: int = 200
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
@@ -99,8 +101,7 @@ PROFILES: dict[str, RunConfig] = {
 }
 
 PROFILE_HELP = {
-    "demo": "embedded synthetic cities at 112 px, 4 architectures × 2 seeds (~10 min on 2 CPU cores)",
+    "demo": "synthetic cities at 112 px, 4 architectures × 2 seeds (~10 min on 2 CPU cores)",
     "paper": "the paper's setting: 224 px, 30 epochs, lr 1e-4 ×0.1 every 10 epochs (needs a GPU)",
     "smoke": "a tiny run for tests (2 architectures, 1 seed, 64 px)",
 }
-

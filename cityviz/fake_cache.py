@@ -3,7 +3,7 @@
 For dashboard tests and benchmarks: every table and array of the cache format, written through
 :class:`cityviz.store.CacheStore`, in seconds instead of a training run. Images are procedural
 street scenes (``cityviz.data.synth.render_scene`` when that module exists, else a small built-in
-generator) with pixel labels; Grad-CAMs are blobs centred on each city's planted objects;
+generator) with pixel labels; Grad-CAMs are blobs on each city's planted objects;
 histograms, R_p^c, AR and cluster profiles are computed from those with :mod:`cityviz.stats`, and
 thumbnails with :mod:`cityviz.thumbs`. Model checkpoints are real (random weights), so the live
 page can run them.
@@ -123,23 +123,27 @@ def builtin_scene(
 
 
 def _scene_renderer(cities: Sequence[str], size: int):
-    """``render(city_idx, spot, rng)``: the synthetic data set's renderer if present, else ours."""
+    """``(render(city_idx, spot, rng), planted {city: [objects]})``: the synthetic data set's
+    renderer when it knows these cities, else the built-in generator."""
     try:
-        from cityviz.data.synth import SynthConfig, render_scene
+        from cityviz.data.synth import SynthConfig, discriminative_objects, render_scene
 
-        config = SynthConfig(cities=tuple(cities), image_size=size)
+        config = SynthConfig(cities=tuple(cities), size=max(32, size))
+        planted = discriminative_objects(config)
         render_scene(config, cities[0], 0, 0)
-    except Exception as exc:  # the module may not exist yet or may not know these cities
+    except Exception as exc:  # no synth module, or cities / sizes it does not support
         log.info("fake cache: using the built-in scene generator (%s)", exc)
-        return lambda c, spot, rng: builtin_scene(c, size, rng), False
+        planted = {c: list(PLANTED[i % len(PLANTED)]) for i, c in enumerate(cities)}
+        return (lambda c, spot, rng: builtin_scene(c, size, rng)), planted
 
     def render(c: int, spot: int, rng: np.random.Generator):
         img, lab = render_scene(config, cities[c], spot, 0)
-        img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
-        lab = np.asarray(Image.fromarray(lab).resize((size, size), Image.Resampling.NEAREST))
+        if img.shape[0] != size:
+            img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
+            lab = np.asarray(Image.fromarray(lab).resize((size, size), Image.Resampling.NEAREST))
         return img, lab
 
-    return render, True
+    return render, planted
 
 
 # --------------------------------------------------------------------------- CAMs
@@ -271,14 +275,14 @@ def make_fake_cache(
 
     # -- images: a pool of distinct scenes, and every image pointing at one of them ------------
     n_pool = min(pool_size, n_images)
-    render, synth = _scene_renderer(cities, image_size)
+    render, planted = _scene_renderer(cities, image_size)
     pool_city = np.arange(n_pool) % n_cities
     pool_img = np.empty((n_pool, image_size, image_size, 3), dtype=np.uint8)
     pool_lab = np.empty((n_pool, image_size, image_size), dtype=np.uint8)
     img_dir = root / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     for p in range(n_pool):
-        pool_img[p], pool_lab[p] = render(int(pool_city[p]), p, rng)
+        pool_img[p], pool_lab[p] = render(int(pool_city[p]), p // n_cities, rng)
         Image.fromarray(pool_img[p]).save(img_dir / f"pool_{p:04d}.png")
 
     n_test = min(n_images, max(n_cities, round(n_images * test_fraction)))
@@ -307,7 +311,6 @@ def make_fake_cache(
         }
         for c in cities
     }
-    planted = {c: list(PLANTED[i % len(PLANTED)]) for i, c in enumerate(cities)}
     fingerprint = hashlib.sha1(f"fake|{n_images}|{cities}|{seed}".encode()).hexdigest()[:16]
     dataset = {
         "source": "fake cache (cityviz.fake_cache)",
@@ -315,7 +318,7 @@ def make_fake_cache(
         "fingerprint": fingerprint,
         "n_images": n_images,
         "cities": cities,
-        "discriminative": None if synth else planted,
+        "discriminative": planted,
         "split_counts": split_counts,
     }
     store.init(_config(image_size, archs, seeds), dataset)
@@ -333,7 +336,7 @@ def make_fake_cache(
     thumb_kinds: dict[str, np.ndarray] = {}
     if with_thumbs:
         thumb_kinds["orig"] = render_tiles(pool_img, None, "orig")
-    targets = [[ADE20K_INDEX[o] for o in PLANTED[c % len(PLANTED)]] for c in pool_city]
+    targets = [[ADE20K_INDEX[o] for o in planted[cities[c]]] for c in pool_city]
     combos = list(itertools.product(archs, seeds))
     for arch, s in _progress(combos, progress, "models"):
         model_id = f"{arch}_s{s}"

@@ -2,21 +2,22 @@
 
 Layout (``FORMAT_VERSION`` 1; paths relative to the cache root)::
 
-    manifest.json                 format, version, config, library versions, data set, stages, models
-    images.parquet                image_id, path, city, city_idx, spot, split, row
-                                  (row = index into the test arrays below, -1 outside the test split)
-    models/<model_id>.safetensors weights;  models/<model_id>.json  sidecar (arch, classes, accuracy…)
-    predictions.parquet           model_id, image_id, row, target, pred, confidence, correct, p0..p{C-1}
-    cams/<model_id>.npy           float32 [N_test, h, w] raw Grad-CAM maps (mask_norm = cam.mask_norm)
-    labels.npy, classes.json      segmentation label maps [N_test, S, S] and their class names
-    hist/<model_id>.parquet       image_id, class_id, n_pixels, h00..h19: mask-value histogram per object
-    stats/rpc.parquet             R_p^c at the default threshold with bootstrap CIs (all models)
-    stats/ar.parquet              model_a, model_b, image_id, ar (per image, every model pair)
-    stats/ar_summary.parquet      Table 2: mean AR per pair with CIs
-    embed/<model_id>.parquet      image_id, row, tsne_x, tsne_y, umap_x, umap_y, cluster, dominant
-    embed/<model_id>_<method>.npz fitted embedder state (plain arrays) to place new images
-    thumbs/<kind>/<sheet>.jpg     sprite sheets of thumbnails; kind = orig | <model_id>/overlay |
-                                  <model_id>/expl; layout in manifest["thumbs"]
+    manifest.json              format, version, config, library versions, data set, stages,
+                               models, segmenter, thumbnail layout
+    images.parquet             image_id, path, city, city_idx, spot, split, split_row, row
+                               (row = index into the test arrays below, -1 outside the test split)
+    inputs/<split>.npy         uint8 [N, S, S, 3]: every image decoded once at the input size
+    models/<id>.safetensors    weights, and models/<id>.json: sidecar (arch, classes, accuracy…)
+    predictions.parquet        model_id, image_id, row, target, pred, confidence, correct, p0…
+    cams/<id>.npy              float32 [N_test, h, w] raw Grad-CAM maps (see cam.mask_norm)
+    labels.npy, classes.json   label maps [N_test, S, S] and the segmenter's class names
+    hist/<id>.parquet          image_id, class_id, n_pixels, h00..h19: mask-value histograms
+    stats/rpc.parquet          R_p^c at the default threshold with bootstrap CIs (all models)
+    stats/ar.parquet           model_a, model_b, image_id, ar (per image, every model pair)
+    stats/ar_summary.parquet   Table 2: mean AR per pair with CIs; arch_vs_seed.json
+    embed/<id>.parquet         image_id, row, tsne_x, tsne_y, umap_x, umap_y, cluster, …
+    embed/<id>_<method>.npz    fitted embedder state (plain arrays) to place new images
+    thumbs/<kind>/<k>.jpg      sprite sheets; kind = orig | <id>/overlay | <id>/expl
 
 Every file is written to a temporary name and renamed into place, so a crash never leaves a
 half-written file under its real name. Stages write shards under ``parts/`` and record finished
@@ -54,7 +55,7 @@ def now_iso() -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; renamed onto ``path`` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -49,9 +49,11 @@ def leave_legacy_pages_mode() -> None:
     straight to ``/map`` it runs ``pages/map.py`` alone (without app.py: no page config, no
     navigation, no cache picker). Clearing the flag and rerunning fixes that run and all later.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the v1 multipage machinery
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
         PagesManager.uses_pages_directory = False
         st.rerun()
 

@@ -19,6 +19,7 @@ from cityviz.ui.scatter import scatter_map, thumbs_component
 from pages.common import cache_mtime, current_cache, model_labels
 
 MAP_HEIGHT = 640
+MAP_KEY = "explanation_map"
 DRAG_MODES = {"Zoom": "zoom", "Box select": "select", "Lasso": "lasso"}
 TILE_KINDS = {"Explanation": "expl", "Mask overlay": "overlay", "Original": "orig"}
 
@@ -221,6 +222,8 @@ def main() -> None:
         st.info("No thumbnails in this cache (run the `thumbs` stage): hovering shows text only.")
 
     view_key = f"{model_id}|{method}"
+    valid = frame["row"].to_numpy()
+    before = um.selected_rows(st.session_state.get(MAP_KEY), valid, view_key)
     args = um.payload(
         frame,
         method,
@@ -232,15 +235,16 @@ def main() -> None:
         atlas=atlas,
         height=MAP_HEIGHT,
         dragmode=DRAG_MODES[drag],
+        selected=before.tolist(),
     )
-    value = scatter_map(args, key="explanation_map")
+    value = scatter_map(args, key=MAP_KEY)
     st.caption(
         f"{len(frame):,} test images of {labels[model_id]}. Each point is one image, placed by "
         "how similar its Grad-CAM mask is to the others'. Hover a point to see the photo, its "
         "mask and its visual explanation; pick *Box select* or *Lasso* (or click a point) to "
-        "select images and see them below."
+        "select images and see them below; double-click the map to clear the selection."
     )
-    rows = um.selected_rows(value, frame["row"].to_numpy(), view_key)
+    rows = um.selected_rows(value, valid, view_key)
     if len(rows) == 0:
         st.caption("Nothing selected yet.")
         return

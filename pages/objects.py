@@ -44,7 +44,9 @@ def _cubes(root: str, mtime: float, n_boot: int) -> dict[str, uo.RpcCube]:
 
 @st.cache_resource(show_spinner="Indexing this model's images…", max_entries=4)
 def _object_index(root: str, mtime: float, model_id: str) -> uo.ObjectIndex:
-    return uo.ObjectIndex.build(Cache(root).hist(model_id))
+    cache = Cache(root)
+    city_of = cache.test_images().set_index("image_id")["city"]
+    return uo.ObjectIndex.build(cache.hist(model_id), city_of)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -97,8 +99,7 @@ def _drill_down(cache: Cache, table, threshold: float, cities, objects_of, displ
     class_id = int(row["class_id"].iloc[0])
     test = _test_images(str(cache.root), _mtime(cache))
     index = _object_index(str(cache.root), _mtime(cache), model_id)
-    city_ids = test.loc[test["city"] == city, "image_id"]
-    top = index.top_images(class_id, threshold, among=city_ids, n=TILES)
+    top = index.top_images(class_id, threshold, city=city, n=TILES)
     if top.empty:
         st.info(f"No test image of {city} has {obj} inside {display[model_id]}'s explanation.")
         return

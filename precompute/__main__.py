@@ -28,13 +28,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Run models, Grad-CAM masks, segmentation, statistics, embeddings and "
         "thumbnails into a cache directory that the dashboard reads.",
     )
-    p.add_argument("--profile", default="demo", choices=sorted(PROFILES),
-                   help="; ".join(f"{k}: {v}" for k, v in PROFILE_HELP.items()))
-    p.add_argument("--data", help="'synthetic' (default) or a folder root/<city>/**/*.jpg, a CSV "
-                   "(path,city[,spot][,label_path]) or a directory with manifest.csv")
+    p.add_argument(
+        "--profile",
+        default="demo",
+        choices=sorted(PROFILES),
+        help="; ".join(f"{k}: {v}" for k, v in PROFILE_HELP.items()),
+    )
+    p.add_argument(
+        "--data",
+        help="'synthetic' (default) or a folder root/<city>/**/*.jpg, a CSV "
+        "(path,city[,spot][,label_path]) or a directory with manifest.csv",
+    )
     p.add_argument("--cache", help="cache directory (default: cache/<profile>)")
-    p.add_argument("--stages", type=_csv, default=STAGES,
-                   help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
+    p.add_argument(
+        "--stages",
+        type=_csv,
+        default=STAGES,
+        help=f"comma-separated subset of {','.join(STAGES)} (default: all)",
+    )
     p.add_argument("--force", action="store_true", help="rerun the chosen stages even if done")
     p.add_argument("--fresh", action="store_true", help="delete the cache directory first")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -44,8 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--image-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--pretrained", action="store_true", default=None,
-                   help="initialise vgg11/resnet18 from torchvision's ImageNet weights")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        default=None,
+        help="initialise vgg11/resnet18 from torchvision's ImageNet weights",
+    )
     p.add_argument("--segmenter", help="auto | annotations | hf | hf:<hub-id-or-dir> | none")
     p.add_argument("--cam-method", choices=["gradcam", "gradcam++", "hirescam", "layercam"])
     p.add_argument("--threshold", type=float, help="explanation threshold (default 0.5)")
@@ -59,12 +74,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> RunConfig:
     cfg = PROFILES[args.profile]
     overrides = {
-        "data": args.data, "archs": args.archs, "seeds": args.seeds, "epochs": args.epochs,
-        "batch_size": args.batch_size, "image_size": args.image_size, "lr": args.lr,
-        "pretrained": args.pretrained, "segmenter": args.segmenter,
-        "cam_method": args.cam_method, "threshold": args.threshold,
+        "data": args.data,
+        "archs": args.archs,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "lr": args.lr,
+        "pretrained": args.pretrained,
+        "segmenter": args.segmenter,
+        "cam_method": args.cam_method,
+        "threshold": args.threshold,
         "max_images_per_city": args.max_images_per_city,
-    }  # fmt: skip
+    }
     cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
     if cfg.data != "synthetic":
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
@@ -75,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-    )  # fmt: skip
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     log = logging.getLogger("precompute")
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:

@@ -61,7 +61,7 @@ class Context:
         return self.store.load_array(f"inputs/{split}.npy")
 
     def n_test(self) -> int:
-        return int(len(self.inputs("test")))
+        return len(self.inputs("test"))
 
     def shards(self) -> Iterator[tuple[int, slice]]:
         n, size = self.n_test(), self.cfg.shard_size
@@ -112,8 +112,11 @@ def resolve_dataset(cfg: RunConfig, data_dir: Path, progress: bool) -> CityDatas
 
 
 def dataset_info(cfg: RunConfig, ds: CityDataset) -> dict:
-    kind = "synthetic" if cfg.data == "synthetic" else ("csv" if str(cfg.data).endswith(".csv")
-                                                        else "folder")
+    kind = (
+        "synthetic"
+        if cfg.data == "synthetic"
+        else ("csv" if str(cfg.data).endswith(".csv") else "folder")
+    )
     return {
         "source": str(ds.root),
         "kind": kind,
@@ -143,7 +146,9 @@ def stage_data(ctx: Context) -> None:
             .sort_values("image_id")
             .reset_index(drop=True)
         )
-    df["split"] = grouped_split(df["spot"].tolist(), seed=cfg.split_seed, strata=df["city"].tolist())
+    df["split"] = grouped_split(
+        df["spot"].tolist(), seed=cfg.split_seed, strata=df["city"].tolist()
+    )
     df["split_row"] = -1
     for split in SPLITS:
         mask = df["split"] == split
@@ -180,7 +185,9 @@ def stage_train(ctx: Context) -> None:
     cfg, store = ctx.cfg, ctx.store
     df = ctx.images()
     cities = ctx.dataset.cities
-    labels = {s: df.loc[df["split"] == s].sort_values("split_row")["city_idx"].to_numpy() for s in SPLITS}
+    labels = {
+        s: df.loc[df["split"] == s].sort_values("split_row")["city_idx"].to_numpy() for s in SPLITS
+    }
     models = {m["model_id"]: m for m in ctx.models()}
     for arch in cfg.archs:
         get_arch(arch)  # fail early on a typo
@@ -190,31 +197,55 @@ def stage_train(ctx: Context) -> None:
             if store.unit_done("train", mid) and mid in models:
                 continue
             result = train_model(
-                arch, seed, ctx.inputs("train"), labels["train"], ctx.inputs("val"), labels["val"],
-                len(cities), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                lr_step=cfg.lr_step, lr_gamma=cfg.lr_gamma, pretrained=cfg.pretrained,
-                device=ctx.device, progress=ctx.progress,
-            )  # fmt: skip
+                arch,
+                seed,
+                ctx.inputs("train"),
+                labels["train"],
+                ctx.inputs("val"),
+                labels["val"],
+                len(cities),
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                lr_step=cfg.lr_step,
+                lr_gamma=cfg.lr_gamma,
+                pretrained=cfg.pretrained,
+                device=ctx.device,
+                progress=ctx.progress,
+            )
             acc, cms = {}, {}
             for split in SPLITS:
                 pred = predict(result.model, arch, ctx.inputs(split), ctx.device).argmax(1)
                 acc[split] = float((pred == labels[split]).mean()) if len(pred) else float("nan")
                 cms[split] = confusion(labels[split], pred, len(cities)).tolist()
             meta = {
-                "arch": arch, "seed": seed, "classes": list(cities), "input_size": ctx.size,
-                "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
-                "pretrained": cfg.pretrained, "accuracy": acc, "confusion": cms,
-                "history": result.history, "train_seconds": round(result.seconds, 2),
+                "arch": arch,
+                "seed": seed,
+                "classes": list(cities),
+                "input_size": ctx.size,
+                "epochs": cfg.epochs,
+                "lr": cfg.lr,
+                "batch_size": cfg.batch_size,
+                "pretrained": cfg.pretrained,
+                "accuracy": acc,
+                "confusion": cms,
+                "history": result.history,
+                "train_seconds": round(result.seconds, 2),
                 "data_fingerprint": ctx.dataset.fingerprint(),
-            }  # fmt: skip
+            }
             save_checkpoint(store.path(f"models/{mid}"), result.model, meta)
             models[mid] = {
-                "model_id": mid, "arch": arch, "seed": seed,
-                "display": f"{get_arch(arch).display} · seed {seed}", "input_size": ctx.size,
-                "test_accuracy": acc["test"], "val_accuracy": acc["val"],
-                "train_accuracy": acc["train"], "checkpoint": f"models/{mid}",
+                "model_id": mid,
+                "arch": arch,
+                "seed": seed,
+                "display": f"{get_arch(arch).display} · seed {seed}",
+                "input_size": ctx.size,
+                "test_accuracy": acc["test"],
+                "val_accuracy": acc["val"],
+                "train_accuracy": acc["train"],
+                "checkpoint": f"models/{mid}",
                 "train_seconds": round(result.seconds, 2),
-            }  # fmt: skip
+            }
             store.manifest["models"] = [models[m] for m in cfg.model_ids if m in models]
             store.mark_unit_done("train", mid)
             log.info("%s: test accuracy %.2f%% (%.0f s)", mid, 100 * acc["test"], result.seconds)
@@ -241,17 +272,19 @@ def stage_cams(ctx: Context) -> None:
                     stop = min(start + cfg.batch_size, sl.stop)
                     target = (
                         torch.from_numpy(truth[start:stop]).long()
-                        if cfg.cam_target == "true" else None
-                    )  # fmt: skip
+                        if cfg.cam_target == "true"
+                        else None
+                    )
                     res = explainer(test[start:stop], target=target, method=cfg.cam_method)
                     parts_cams.append(res.cams.cpu().numpy().astype(np.float32))
                     parts_probs.append(res.probs.detach().cpu().numpy().astype(np.float32))
                     parts_target.append(res.target.cpu().numpy())
                 _save_npz(
                     store.part_path("cams", f"{mid}-{k:05d}", ".npz"),
-                    cams=np.concatenate(parts_cams), probs=np.concatenate(parts_probs),
+                    cams=np.concatenate(parts_cams),
+                    probs=np.concatenate(parts_probs),
                     target=np.concatenate(parts_target),
-                )  # fmt: skip
+                )
                 store.mark_unit_done("cams", unit)
                 _test_delay()
             bar.update(sl.stop - sl.start)
@@ -265,12 +298,18 @@ def stage_cams(ctx: Context) -> None:
         store.save_array(f"cams/{mid}.npy", np.concatenate([p["cams"] for p in parts]))
         probs = np.concatenate([p["probs"] for p in parts])
         pred = probs.argmax(1)
-        frame = pd.DataFrame({
-            "model_id": mid, "image_id": test_df["image_id"].to_numpy(),
-            "row": test_df["row"].to_numpy(), "target": truth, "pred": pred,
-            "explained": np.concatenate([p["target"] for p in parts]),
-            "confidence": probs.max(1), "correct": pred == truth,
-        })  # fmt: skip
+        frame = pd.DataFrame(
+            {
+                "model_id": mid,
+                "image_id": test_df["image_id"].to_numpy(),
+                "row": test_df["row"].to_numpy(),
+                "target": truth,
+                "pred": pred,
+                "explained": np.concatenate([p["target"] for p in parts]),
+                "confidence": probs.max(1),
+                "correct": pred == truth,
+            }
+        )
         for c in range(probs.shape[1]):
             frame[f"p{c}"] = probs[:, c]
         rows.append(frame)
@@ -292,9 +331,11 @@ def stage_segment(ctx: Context) -> None:
         r.image_id: r.label_path for r in ctx.dataset.records if r.label_path is not None
     }
     segmenter = segmenter_from_spec(
-        spec, label_paths=label_paths, class_names=ctx.dataset.class_names,
+        spec,
+        label_paths=label_paths,
+        class_names=ctx.dataset.class_names,
         device=str(ctx.device),
-    )  # fmt: skip
+    )
     if segmenter is None:
         store.manifest["segmenter"] = None
         return
@@ -317,8 +358,10 @@ def stage_segment(ctx: Context) -> None:
     store.save_array("labels.npy", labels)
     store.save_json("classes.json", list(segmenter.class_names))
     store.manifest["segmenter"] = {
-        "spec": spec, "name": segmenter.name, "n_classes": len(segmenter.class_names),
-    }  # fmt: skip
+        "spec": spec,
+        "name": segmenter.name,
+        "n_classes": len(segmenter.class_names),
+    }
 
 
 def stage_stats(ctx: Context) -> None:
@@ -379,10 +422,14 @@ def stage_stats(ctx: Context) -> None:
     if rpc_frames:
         store.save_table("stats/rpc.parquet", pd.concat(rpc_frames, ignore_index=True))
     ar_frames = [
-        pd.DataFrame({
-            "model_a": a, "model_b": b, "image_id": ids,
-            "ar": np.concatenate([p[f"ar_{i}"] for p in parts]),
-        })  # fmt: skip
+        pd.DataFrame(
+            {
+                "model_a": a,
+                "model_b": b,
+                "image_id": ids,
+                "ar": np.concatenate([p[f"ar_{i}"] for p in parts]),
+            }
+        )
         for i, (a, b) in enumerate(pairs)
     ]
     ar = (
@@ -408,10 +455,14 @@ def stage_embed(ctx: Context) -> None:
         if store.unit_done("embed", mid):
             continue
         cams_arr = store.load_array(f"cams/{mid}.npy")
-        feats = np.concatenate([
-            embed.masks_to_features(cam.mask_norm(np.asarray(cams_arr[sl]), ctx.size), cfg.embed_res)
-            for _, sl in ctx.shards()
-        ])  # fmt: skip
+        feats = np.concatenate(
+            [
+                embed.masks_to_features(
+                    cam.mask_norm(np.asarray(cams_arr[sl]), ctx.size), cfg.embed_res
+                )
+                for _, sl in ctx.shards()
+            ]
+        )
         frame = pd.DataFrame({"image_id": ids, "row": test_df["row"].to_numpy()})
         for method in cfg.embed_methods:
             emb = embed.MaskEmbedder(method=method, n_pca=cfg.n_pca, random_state=0)
@@ -436,9 +487,7 @@ def stage_embed(ctx: Context) -> None:
                 hist, pd.Series(frame["cluster"].to_numpy(), index=ids), cfg.threshold, class_names
             )
             label_of = dict(zip(prof["cluster"], prof["label"], strict=False))
-            frame["cluster_label"] = frame["cluster"].map(
-                lambda c: label_of.get(c) or f"cluster {c}"
-            )
+            frame["cluster_label"] = [label_of.get(c) or f"cluster {c}" for c in frame["cluster"]]
         store.save_table(f"embed/{mid}.parquet", frame)
         store.mark_unit_done("embed", mid)
         _test_delay()
@@ -474,9 +523,12 @@ def stage_thumbs(ctx: Context) -> None:
         bar.update(1)
     bar.close()
     store.manifest["thumbs"] = {
-        "size": cfg.thumb_size, "per_row": THUMBS_PER_ROW, "kinds": kinds,
-        "n_sheets": n_sheets, "threshold": cfg.threshold,
-    }  # fmt: skip
+        "size": cfg.thumb_size,
+        "per_row": THUMBS_PER_ROW,
+        "kinds": kinds,
+        "n_sheets": n_sheets,
+        "threshold": cfg.threshold,
+    }
 
 
 STAGE_FUNCS: dict[str, Callable[[Context], None]] = {

@@ -19,7 +19,8 @@ def known_answer(rpc: pd.DataFrame, discriminative: dict[str, list[str]]) -> dic
     for city, planted in discriminative.items():
         t = rpc[rpc["city"] == city]
         p = t[t["object"].isin(planted)]
-        shared = t[~t["object"].isin(sum(discriminative.values(), [])) & t["kept"]]
+        all_planted = [o for objs in discriminative.values() for o in objs]
+        shared = t[~t["object"].isin(all_planted) & t["kept"]]
         min_planted = float(p["rpc"].min()) if len(p) == len(planted) else float("nan")
         max_shared = float(shared["rpc"].max()) if len(shared) else 0.0
         out[city] = {
@@ -52,7 +53,7 @@ def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str
                 f"  {r.model_a + ' – ' + r.model_b:<30}{r.mean_ar:.4f}  "
                 f"[{r.ci_lo:.4f}, {r.ci_hi:.4f}]  ({r.kind})"
             )
-        avs = (cache.root / "stats/arch_vs_seed.json")
+        avs = cache.root / "stats/arch_vs_seed.json"
         if avs.exists():
             import json
 
@@ -60,22 +61,30 @@ def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str
             lines.append(
                 "  architecture pairs {:.4f} vs seed pairs {:.4f}: difference {:.4f} "
                 "[{:.4f}, {:.4f}] → paper's claim {}".format(
-                    *(d.get(k, float("nan")) for k in
-                      ("mean_arch", "mean_seed", "diff", "ci_lo", "ci_hi")),
+                    *(
+                        d.get(k, float("nan"))
+                        for k in ("mean_arch", "mean_seed", "diff", "ci_lo", "ci_hi")
+                    ),
                     {True: "holds", False: "does not hold", None: "untestable"}[
-                        d.get("claim_holds")],
+                        d.get("claim_holds")
+                    ],
                 )
             )
     if (cache.root / "stats/rpc.parquet").exists():
         rpc = cache.rpc()
         thr = m["config"]["threshold"]
-        lines += ["", f"Top objects per city by R_p^c (threshold {thr}, mean pixels > "
-                  f"{m['config']['min_pixels']:g})"]
+        lines += [
+            "",
+            f"Top objects per city by R_p^c (threshold {thr}, mean pixels > "
+            f"{m['config']['min_pixels']:g})",
+        ]
         for mid in cache.model_ids:
             t = rpc[(rpc["model_id"] == mid) & rpc["kept"]]
             for city in cache.cities:
                 tc = t[t["city"] == city].sort_values("rpc", ascending=False).head(top)
-                objs = ", ".join(f"{o} {v:.2f}" for o, v in zip(tc["object"], tc["rpc"], strict=False))
+                objs = ", ".join(
+                    f"{o} {v:.2f}" for o, v in zip(tc["object"], tc["rpc"], strict=False)
+                )
                 lines.append(f"  {mid:<14}{city:<18}{objs}")
         disc = m["dataset"].get("discriminative")
         if disc:
@@ -90,6 +99,10 @@ def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str
                 lines.append(f"  {mid:<14}{verdict}  {detail}")
     elif not m.get("segmenter"):
         lines += ["", "No segmenter configured: object statistics were skipped."]
-    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
-              + f"  (total {sum(timings.values()):.1f})"]
+    lines += [
+        "",
+        "Stage times (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+        + f"  (total {sum(timings.values()):.1f})",
+    ]
     return "\n".join(lines)

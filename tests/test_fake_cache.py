@@ -13,7 +13,7 @@ from PIL import Image
 from cityviz import stats
 from cityviz.cam import mask_norm
 from cityviz.embed import masks_to_features
-from cityviz.fake_cache import PLANTED, make_fake_cache
+from cityviz.fake_cache import make_fake_cache
 from cityviz.models.checkpoint import load_checkpoint
 from cityviz.store import Cache, thumb_location
 from cityviz.thumbs import crop_tile, render_tiles
@@ -30,7 +30,8 @@ def test_manifest_lists_everything(cache):
     assert cache.model_ids == ["simple_s0", "resnet18_s0"]
     assert m["models"][1]["display"] == "ResNet18 · seed 0"
     assert m["segmenter"]["spec"] == "annotations" and m["segmenter"]["n_classes"] == 150
-    assert m["dataset"]["discriminative"]["tokyo-like"] == list(PLANTED[0])
+    planted = m["dataset"]["discriminative"]
+    assert set(planted) == set(cache.cities) and all(len(v) == 2 for v in planted.values())
     counts = m["dataset"]["split_counts"]
     assert sum(sum(c.values()) for c in counts.values()) == m["dataset"]["n_images"] == 200
     assert sum(c["test"] for c in counts.values()) == 100
@@ -94,9 +95,10 @@ def test_rpc_table_is_recomputable_and_finds_planted_objects(cache):
             n_images_of=test["city"].value_counts(),
         )  # fmt: skip
         pd.testing.assert_frame_equal(mine.reset_index(drop=True), ref, check_dtype=False)
-        for i, city in enumerate(cache.cities):
+        planted = cache.manifest["dataset"]["discriminative"]
+        for city in cache.cities:
             kept = mine[(mine["city"] == city) & mine["kept"]]
-            assert set(kept["object"].head(2)) == set(PLANTED[i])
+            assert set(kept["object"].head(2)) == set(planted[city])
 
 
 def test_ar_is_the_mean_mask_difference(cache):

@@ -57,7 +57,12 @@ def test_split_shares_parameters():
 def test_shallow_nets_follow_table_1():
     simple = build_model("simple", 2)
     convs = [m for m in simple.features if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.kernel_size[0], c.out_channels) for c in convs] == [(5, 20), (7, 64), (5, 96), (7, 128)]
+    assert [(c.kernel_size[0], c.out_channels) for c in convs] == [
+        (5, 20),
+        (7, 64),
+        (5, 96),
+        (7, 128),
+    ]
     simpler = build_model("simpler", 2)
     convs = [m for m in simpler.features if isinstance(m, torch.nn.Conv2d)]
     assert [(c.kernel_size[0], c.out_channels) for c in convs] == [(9, 20), (9, 64), (9, 96)]

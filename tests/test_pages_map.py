@@ -159,6 +159,9 @@ def test_payload_encodes_arrays_compactly_and_keys_the_data():
     assert again["data_key"] == args["data_key"]
     other = um.payload(f, "tsne", color, CITIES, view_key="m|tsne", thumbs=thumbs, height=300)
     assert other["data_key"] != args["data_key"]
+    chosen = um.payload(f, "tsne", color, CITIES, view_key="m|tsne", thumbs=thumbs, selected=[2])
+    assert chosen["selected"] == [2] and args["selected"] == []
+    assert chosen["data_key"] == args["data_key"]  # a selection alone never forces a redraw
 
 
 def test_plotly_js_is_copied_from_the_python_package(tmp_path):
@@ -169,7 +172,9 @@ def test_plotly_js_is_copied_from_the_python_package(tmp_path):
     scatter.ensure_plotly_js(tmp_path)
     assert dst.stat().st_size == src.stat().st_size
     html = (scatter.COMPONENT_DIR / "index.html").read_text()
-    assert 'src="plotly.min.js"' in html and "http" not in html.split("<body>")[1]
+    js = (scatter.COMPONENT_DIR / "main.js").read_text()
+    assert 's.src = "plotly.min.js"' in js  # loaded from the component folder, never a CDN
+    assert "http" not in html.split("<body>")[1] and "https:" not in js
 
 
 def test_thumbs_component_name_is_stable_per_directory(tmp_path):
@@ -244,6 +249,15 @@ def test_selection_shows_gallery_and_object_profile(fake_cache_dir, monkeypatch)
     )
     assert frame["object"].tolist() == ref["object"].tolist()
     np.testing.assert_allclose(frame["R_p^c selection"], ref["rpc_selection"])
+
+
+def test_a_selection_is_kept_when_the_map_is_redrawn(fake_cache_dir, monkeypatch):
+    value = {"rows": [4, 2, 8], "view": "simple_s0|tsne"}
+    at = run_map(
+        fake_cache_dir, monkeypatch, value=value, explanation_map=value, map_color="Confidence"
+    )
+    assert at.seen[-1]["selected"] == [2, 4, 8]
+    assert at.subheader[0].value == "Selection: 3 images"
 
 
 def test_selection_from_another_view_is_ignored(fake_cache_dir, monkeypatch):

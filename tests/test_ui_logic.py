@@ -160,13 +160,14 @@ def test_object_index_top_images_hand_computed():
     counts[2, 0] = 50  # b, obj0
     counts[3, 15] = 5  # b, obj1
     hist = stats.hist_frame(["a", "b"], np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), counts)
-    index = uo.ObjectIndex.build(hist)
+    index = uo.ObjectIndex.build(hist, pd.Series({"a": "x", "b": "y"}))
     top = index.top_images(1, 0.5)
     assert top["image_id"].tolist() == ["b", "a"]
     assert top["share"].tolist() == pytest.approx([1.0, 10 / 40])
     assert top["rate"].tolist() == pytest.approx([1.0, 0.5])
     assert index.top_images(0, 0.5)["image_id"].tolist() == ["a"]  # b has none explained
-    assert index.top_images(1, 0.5, among=["a"])["image_id"].tolist() == ["a"]
+    assert index.top_images(1, 0.5, city="x")["image_id"].tolist() == ["a"]
+    assert index.top_images(1, 0.5, city="z").empty
 
 
 # --------------------------------------------------------------------------- compare

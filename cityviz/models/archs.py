@@ -175,9 +175,15 @@ def _resnet18(num_classes: int) -> nn.Module:
 
 def _split_resnet(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     trunk = nn.Sequential(
-        model.conv1, model.bn1, model.relu, model.maxpool,
-        model.layer1, model.layer2, model.layer3, model.layer4,
-    )  # fmt: skip
+        model.conv1,
+        model.bn1,
+        model.relu,
+        model.maxpool,
+        model.layer1,
+        model.layer2,
+        model.layer3,
+        model.layer4,
+    )
     head = nn.Sequential(model.avgpool, nn.Flatten(1), model.fc)
     return trunk, head
 

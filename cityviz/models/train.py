@@ -116,14 +116,17 @@ def train_model(
     model = build_model(arch, n_classes, pretrained=pretrained).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
-    y_all = torch.from_numpy(np.asarray(train_labels, dtype=np.int64))
+    y_all = torch.from_numpy(np.array(train_labels, dtype=np.int64))
     result = TrainResult(model=model)
     t0 = time.perf_counter()
     n = len(train_images)
     bar = tqdm(
-        total=epochs * n, desc=f"train {arch} s{seed}", unit="img", disable=not progress,
+        total=epochs * n,
+        desc=f"train {arch} s{seed}",
+        unit="img",
+        disable=not progress,
         leave=False,
-    )  # fmt: skip
+    )
     for epoch in range(epochs):
         model.train()
         loss_sum, correct = 0.0, 0

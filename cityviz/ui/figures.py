@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
-from plotly.subplots import make_subplots
 
 MODEL_COLORS = qualitative.D3 + qualitative.Set2
 CITY_COLORS = qualitative.Plotly + qualitative.Dark24
@@ -35,57 +34,77 @@ def rpc_bars(
 
     ``table`` has ``model_id, city, object, value, lo, hi`` (see ui.objects.with_value). Error
     bars span ``[lo, hi]``; each bar's ``customdata`` is ``[city, object, model_id]`` so a click
-    tells the page what to drill into.
+    tells the page what to drill into. The figure is assembled as a plain dict (stacked axes
+    instead of ``make_subplots``): this runs on every threshold change, and plotly's per-trace
+    validation would cost more than all the statistics.
     """
     cities = [c for c in objects_by_city if objects_by_city[c]]
     n = max(1, len(cities))
-    fig = make_subplots(
-        rows=n, cols=1, subplot_titles=cities or [""], vertical_spacing=min(0.12, 0.4 / n)
-    )
+    gap = min(0.12, 0.4 / n) if n > 1 else 0.0
+    height = (1 - gap * (n - 1)) / n
     colors = model_colors(model_ids)
-    index = table.set_index(["city", "object", "model_id"])
+    cols = [table[c].to_numpy() for c in ("city", "object", "model_id", "value", "lo", "hi")]
+    lookup = {
+        (c, o, m): (float(v), float(lo), float(hi))
+        for c, o, m, v, lo, hi in zip(*cols, strict=True)
+    }
+    nan3 = (np.nan, np.nan, np.nan)
+    data: list[dict] = []
+    layout: dict = {
+        "barmode": "group",
+        "height": max(320, _ROW_HEIGHT * n + 100),
+        "margin": {"l": 60, "r": 20, "t": 90, "b": 40},
+        "legend": {"orientation": "h", "yref": "container", "yanchor": "top", "y": 0.995, "x": 0},
+        "clickmode": "event+select",
+        "annotations": [],
+    }
     for row, city in enumerate(cities, start=1):
+        suffix = "" if row == 1 else str(row)
+        top = 1 - (row - 1) * (height + gap)
+        layout[f"xaxis{suffix}"] = {"anchor": f"y{suffix}", "domain": [0, 1]}
+        layout[f"yaxis{suffix}"] = {
+            "anchor": f"x{suffix}",
+            "domain": [max(0.0, top - height), top],
+            "title": {"text": value_label},
+            "rangemode": "tozero",
+        }
+        layout["annotations"].append(
+            {"text": city, "x": 0.5, "y": top, "xref": "paper", "yref": "paper",
+             "xanchor": "center", "yanchor": "bottom", "showarrow": False,
+             "font": {"size": 14}}
+        )  # fmt: skip
         objects = list(objects_by_city[city])
         for model_id in model_ids:
-            keys = [(city, obj, model_id) for obj in objects]
-            sub = index.reindex(keys)
-            value = sub["value"].to_numpy(dtype=float)
-            plus = np.clip(sub["hi"].to_numpy(dtype=float) - value, 0, None)
-            minus = np.clip(value - sub["lo"].to_numpy(dtype=float), 0, None)
-            fig.add_trace(
-                go.Bar(
-                    x=objects,
-                    y=value,
-                    name=display.get(model_id, model_id),
-                    legendgroup=model_id,
-                    showlegend=row == 1,
-                    marker_color=colors[model_id],
-                    error_y={
+            vals = np.array([lookup.get((city, o, model_id), nan3) for o in objects], dtype=float)
+            value, lo, hi = vals.T if len(vals) else (np.zeros(0),) * 3
+            name = display.get(model_id, model_id)
+            data.append(
+                {
+                    "type": "bar",
+                    "x": objects,
+                    "y": value,
+                    "name": name,
+                    "legendgroup": model_id,
+                    "showlegend": row == 1,
+                    "marker": {"color": colors[model_id]},
+                    "error_y": {
                         "type": "data",
                         "symmetric": False,
-                        "array": np.nan_to_num(plus),
-                        "arrayminus": np.nan_to_num(minus),
+                        "array": np.nan_to_num(np.clip(hi - value, 0, None)),
+                        "arrayminus": np.nan_to_num(np.clip(value - lo, 0, None)),
                         "thickness": 1,
                         "width": 2,
                     },
-                    customdata=[[city, obj, model_id] for obj in objects],
-                    hovertemplate=(
-                        f"<b>%{{x}}</b> · {city}<br>{display.get(model_id, model_id)}<br>"
+                    "customdata": [[city, o, model_id] for o in objects],
+                    "hovertemplate": (
+                        f"<b>%{{x}}</b> · {city}<br>{name}<br>"
                         f"{value_label} = %{{y:.3f}}<extra></extra>"
                     ),
-                ),
-                row=row,
-                col=1,
+                    "xaxis": f"x{suffix}",
+                    "yaxis": f"y{suffix}",
+                }
             )
-        fig.update_yaxes(title_text=value_label, row=row, col=1, rangemode="tozero")
-    fig.update_layout(
-        barmode="group",
-        height=max(320, _ROW_HEIGHT * n + 100),
-        margin={"l": 60, "r": 20, "t": 90, "b": 40},
-        legend={"orientation": "h", "yref": "container", "yanchor": "top", "y": 0.995, "x": 0},
-        clickmode="event+select",
-    )
-    return fig
+    return go.Figure({"data": data, "layout": layout})
 
 
 def ar_heatmap(matrix: pd.DataFrame, labels: Sequence[str] | None = None) -> go.Figure:

@@ -298,10 +298,14 @@ def payload(
     atlas: Mapping[str, Any] | None = None,
     height: int = 640,
     dragmode: str = "zoom",
+    selected: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The scatter component's arguments: per-point arrays as raw little-endian bytes (float32 /
     int32), everything else as JSON, and ``data_key``, a digest of all of it that lets the
-    browser skip redrawing when a rerun sends the same map again."""
+    browser skip redrawing when a rerun sends the same map again.
+
+    ``selected`` (test rows) is left out of the digest: the browser already shows a selection
+    it made; the rows only matter when the map is redrawn (another colouring), to keep it."""
     city_code = {c: i for i, c in enumerate(cities)}
     names = cluster_names(frame)
     cluster_list = sorted(names)
@@ -328,6 +332,7 @@ def payload(
     else:
         args["codes"] = _i32(color["codes"])
     args["data_key"] = _digest(args)
+    args["selected"] = [int(r) for r in selected]
     return args
 
 

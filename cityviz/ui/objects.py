@@ -328,44 +328,58 @@ def selected_bar(selection: Mapping | None) -> tuple[str, str, str] | None:
 
 @dataclass(frozen=True)
 class ObjectIndex:
-    """One model's per-image cumulative histograms, for ranking images by one object."""
+    """One model's per-image cumulative histograms, for ranking images by one object.
+
+    ``image_city[i]`` is the city of image code ``i`` (None when ``city_of`` does not list it).
+    """
 
     image_ids: np.ndarray
     image_code: np.ndarray
+    image_city: np.ndarray
     class_id: np.ndarray
     cum: np.ndarray
 
     @classmethod
-    def build(cls, hist: pd.DataFrame) -> ObjectIndex:
+    def build(cls, hist: pd.DataFrame, city_of: pd.Series | Mapping | None = None) -> ObjectIndex:
         codes, images = pd.factorize(hist["image_id"])
         cum = reverse_cumsum(stats.hist_counts(hist)).astype(np.uint32)
+        city = pd.Series(images).map(city_of) if city_of is not None else pd.Series(
+            [None] * len(images)
+        )
         return cls(
-            image_ids=np.asarray(images),
+            image_ids=np.asarray(images, dtype=object),
             image_code=codes.astype(np.int64),
+            image_city=city.to_numpy(dtype=object),
             class_id=hist["class_id"].to_numpy(dtype=np.int64),
             cum=cum,
         )
 
     def top_images(
-        self, class_id: int, threshold: float, among: Sequence | None = None, n: int = 12
+        self, class_id: int, threshold: float, city: str | None = None, n: int = 12
     ) -> pd.DataFrame:
         """Images where ``class_id`` takes the largest share of the explanation.
 
         ``share = M_{p,i} / sum_q M_{q,i}`` (explained pixels of the object over all explained
         labelled pixels of image i), ties broken by M then image id; images where the object
-        has no explained pixel are left out. ``among`` restricts to those image ids (a city).
+        has no explained pixel are left out. ``city`` restricts to that city's images.
         Columns ``image_id, M, N, share, rate`` (``rate = M / N``, the object's own R in i).
         """
         k = stats.threshold_bin(threshold, self.cum.shape[1])
-        m_all = self.cum[:, k].astype(np.int64)
-        totals = np.bincount(self.image_code, weights=m_all, minlength=len(self.image_ids))
-        sel = (self.class_id == class_id) & (m_all > 0)
-        if among is not None:
-            allowed = pd.Index(self.image_ids).isin(list(among))
-            sel &= allowed[self.image_code]
-        rows = np.flatnonzero(sel)
+        rows = np.flatnonzero(self.class_id == class_id)
+        if city is not None:
+            rows = rows[self.image_city[self.image_code[rows]] == city]
+        m = self.cum[rows, k].astype(np.int64)
+        rows, m = rows[m > 0], m[m > 0]
         codes = self.image_code[rows]
-        m = m_all[rows]
+        # Totals only for the candidate images: the rows of those images, all objects.
+        wanted = np.zeros(len(self.image_ids), dtype=bool)
+        wanted[codes] = True
+        sel = wanted[self.image_code]
+        totals = np.bincount(
+            self.image_code[sel],
+            weights=self.cum[sel, k].astype(np.float64),
+            minlength=len(self.image_ids),
+        )
         n_pix = self.cum[rows, 0].astype(np.int64)
         out = pd.DataFrame(
             {

@@ -42,6 +42,8 @@
     lastHover: null,
     hovers: [],
     atlasDrawn: 0,
+    // epoch milliseconds: script start, first render message, first plot drawn
+    timing: { script: performance.timeOrigin + performance.now(), args: null, drawn: null },
     pointPixel: pointPixel,
     rowAt: function (i) { return state.rows ? state.rows[i] : null; },
   };
@@ -57,15 +59,37 @@
   function setHeight(h) {
     send("streamlit:setFrameHeight", { height: h });
   }
-  window.addEventListener("message", function (event) {
-    if (event.data && event.data.type === "streamlit:render") {
-      try {
-        render(event.data.args);
-      } catch (err) {
-        statusEl.textContent = "The map could not be drawn: " + err;
-        throw err;
-      }
+  let plotlyReady = null;
+  function loadPlotly() {
+    if (!plotlyReady) {
+      plotlyReady = new Promise(function (resolve, reject) {
+        const s = document.createElement("script");
+        s.src = "plotly.min.js";
+        api.timing.plotly = performance.timeOrigin + performance.now();
+        s.onload = function () {
+          api.timing.plotlyLoaded = performance.timeOrigin + performance.now();
+          resolve();
+        };
+        s.onerror = function () { reject(new Error("plotly.min.js could not be loaded")); };
+        document.head.appendChild(s);
+      });
     }
+    return plotlyReady;
+  }
+
+  let latest = null;
+  window.addEventListener("message", function (event) {
+    if (!event.data || event.data.type !== "streamlit:render") return;
+    latest = event.data.args;
+    setHeight(latest.height);
+    loadPlotly().then(function () {
+      if (latest === null) return;
+      const args = latest;
+      latest = null;
+      render(args);
+    }).catch(function (err) {
+      statusEl.textContent = "The map could not be drawn: " + err;
+    });
   });
 
   // ---- data ---------------------------------------------------------------------------------
@@ -106,7 +130,7 @@
 
   // ---- rendering ----------------------------------------------------------------------------
   function render(args) {
-    setHeight(args.height);
+    if (api.timing.args === null) api.timing.args = performance.timeOrigin + performance.now();
     if (args.data_key === state.key) return;
     state.key = args.data_key;
     state.args = args;
@@ -141,6 +165,7 @@
       drawAtlas();
       api.ready = true;
       api.renders += 1;
+      if (api.timing.drawn === null) api.timing.drawn = performance.timeOrigin + performance.now();
     });
   }
 
@@ -172,7 +197,7 @@
       const all = new Int32Array(n);
       for (let i = 0; i < n; i++) all[i] = i;
       state.traceIdx.push(all);
-      return [Object.assign({}, base, {
+      return withSelection([Object.assign({}, base, {
         x: state.x,
         y: state.y,
         name: color.title,
@@ -186,12 +211,12 @@
           showscale: true,
           colorbar: { title: { text: color.title }, thickness: 12, len: 0.6 },
         },
-      })];
+      })], args.selected);
     }
     const codes = typed(Int32Array, args.codes);
     const buckets = color.groups.map(function () { return []; });
     for (let i = 0; i < n; i++) buckets[codes[i]].push(i);
-    return color.groups.map(function (g, k) {
+    return withSelection(color.groups.map(function (g, k) {
       const idx = Int32Array.from(buckets[k]);
       state.traceIdx.push(idx);
       return Object.assign({}, base, {
@@ -200,7 +225,20 @@
         name: g.name + " (" + idx.length + ")",
         marker: { size: size, opacity: opacity, color: g.color },
       });
+    }), args.selected);
+  }
+
+  // Keep a selection made before a redraw (e.g. a new colouring) visible.
+  function withSelection(traces, selected) {
+    if (!selected || !selected.length) return traces;
+    const chosen = new Set(selected);
+    traces.forEach(function (t, k) {
+      const idx = state.traceIdx[k];
+      const pts = [];
+      for (let i = 0; i < idx.length; i++) if (chosen.has(state.rows[idx[i]])) pts.push(i);
+      t.selectedpoints = pts;
     });
+    return traces;
   }
 
   function buildLayout(args, nTraces) {
