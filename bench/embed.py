@@ -75,14 +75,20 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         print(f"{method}: warm-up fit of 500 points (imports, JIT) {elapsed:.1f} s")
 
-    print(f"\n{'method':<6} {'points':>7} {'fit s':>8} {'1-NN acc':>9}")
+    # cpu s = CPU time of this process over all its threads: unlike wall time it does not grow
+    # when other work shares the cores (wall >= cpu / cores on an idle machine).
+    print(f"\n{'method':<6} {'points':>7} {'wall s':>8} {'cpu s':>8} {'1-NN acc':>9} {'load':>5}")
     for n in args.sizes:
         for method in args.methods:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             xy = MaskEmbedder(method, n_jobs=args.n_jobs).fit_transform(features[:n])
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
             acc = knn_accuracy(xy, cluster[:n])
-            print(f"{method:<6} {n:>7} {elapsed:>8.1f} {acc:>9.3f}", flush=True)
+            load = os.getloadavg()[0]
+            print(
+                f"{method:<6} {n:>7} {elapsed:>8.1f} {cpu:>8.1f} {acc:>9.3f} {load:>5.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import streamlit as st
 
 from cityviz import stats
@@ -13,6 +15,8 @@ from cityviz.ui import objects as uo
 from pages.common import current_cache
 
 TILES = 12
+TILE_WIDTH = 170
+MASK_LRU = 256  # masks kept between reruns (256 x 224² float32 = 51 MB at most)
 
 
 def _mtime(cache: Cache) -> float:
@@ -52,6 +56,30 @@ def _object_index(root: str, mtime: float, model_id: str) -> uo.ObjectIndex:
 @st.cache_data(show_spinner=False, max_entries=512)
 def _crop(path: str, size: int):
     return uc.load_crop(path, size)
+
+
+@st.cache_resource(show_spinner=False)
+def _mask_store(root: str, mtime: float) -> OrderedDict:
+    """Recently shown masks, shared by sessions: a threshold change re-thresholds them only."""
+    return OrderedDict()
+
+
+def _masks(cache: Cache, model_id: str, rows: list[int], size: int) -> list:
+    """mask_norm of test rows through a small LRU, so reruns do not recompute them."""
+    store = _mask_store(str(cache.root), _mtime(cache))
+    keys = [(model_id, int(r), size) for r in rows]
+    missing = [k for k in keys if k not in store]
+    if missing:
+        fresh = cache.masks(model_id, [k[1] for k in missing], size)
+        for k, m in zip(missing, fresh, strict=True):
+            store[k] = m
+    out = []
+    for k in keys:
+        store.move_to_end(k, last=True)
+        out.append(store[k])
+    while len(store) > MASK_LRU:
+        store.popitem(last=False)
+    return out
 
 
 def _has_segmenter(cache: Cache) -> bool:
@@ -105,7 +133,7 @@ def _drill_down(cache: Cache, table, threshold: float, cities, objects_of, displ
         return
     top = top.merge(test[["image_id", "row", "path"]], on="image_id", how="left")
     size = cache.image_size
-    masks = cache.masks(model_id, top["row"].to_numpy(), size)
+    masks = _masks(cache, model_id, top["row"].tolist(), size)
     tiles = []
     for i, (path, r) in enumerate(zip(top["path"], top["row"], strict=True)):
         crop = _crop(str(path), size)
@@ -113,18 +141,21 @@ def _drill_down(cache: Cache, table, threshold: float, cities, objects_of, displ
             tiles.append(uc.thumb_tile(cache, f"{model_id}/expl", int(r)))
         else:
             tiles.append(uc.explanation_tile(crop, masks[i], threshold))
-    cols = st.columns(6)
-    for i, (tile, share, rate, r) in enumerate(
-        zip(tiles, top["share"], top["rate"], top["row"], strict=True)
-    ):
-        with cols[i % 6]:
-            if tile is None:
-                st.caption(f"test image {r}: no image file or thumbnail")
-            else:
-                st.image(tile, width="stretch")
-            st.caption(
-                f"row {r} · {share:.0%} of the explanation · {rate:.0%} of the {obj} explained"
-            )
+    shown = [(t, s, q, r) for t, s, q, r in zip(tiles, top["share"], top["rate"], top["row"],
+                                                 strict=True) if t is not None]  # fmt: skip
+    if not shown:
+        st.info("Neither the photos nor their thumbnails are readable on this machine.")
+        return
+    # One image-list element (not a grid of columns): cheaper to re-render on every threshold.
+    st.image(
+        [t for t, *_ in shown],
+        caption=[
+            f"row {r} · {s:.0%} of the explanation · {q:.0%} of the {obj} explained"
+            for _, s, q, r in shown
+        ],
+        width=TILE_WIDTH,
+        output_format="JPEG",
+    )
 
 
 def main() -> None:
@@ -202,15 +233,10 @@ def main() -> None:
         fig, key="rpc_chart", on_select="rerun", selection_mode="points", width="stretch"
     )
 
-    with st.expander("Table and CSV download", expanded=False):
-        st.dataframe(
-            uo.display_table(table, display),
-            hide_index=True,
-            column_config={
-                c: st.column_config.NumberColumn(format="%.3f")
-                for c in ("R_p^c", "CI low", "CI high", "lift", "share of explanation")
-            },
-        )
+    table_box = st.expander(
+        "Table and CSV download", key="objects_table_open", on_change="rerun"
+    )
+    with table_box:
         st.download_button(
             "Download CSV (all objects, all chosen models)",
             uo.csv_bytes(table, threshold),
@@ -218,6 +244,15 @@ def main() -> None:
             mime="text/csv",
             on_click="ignore",
         )
+        if table_box.open:  # built only when shown: keeps threshold changes fast
+            st.dataframe(
+                uo.display_table(table, display),
+                hide_index=True,
+                column_config={
+                    c: st.column_config.NumberColumn(format="%.3f")
+                    for c in ("R_p^c", "CI low", "CI high", "lift", "share of explanation")
+                },
+            )
 
     drill_objects = uo.chart_objects(valued)
     cities = [c for c, objs in drill_objects.items() if objs]

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="rerun the chosen stages even if done")
     p.add_argument("--fresh", action="store_true", help="delete the cache directory first")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--cities", type=_csv, help="synthetic city names (2-8), e.g. a,b,c")
+    p.add_argument("--spots-per-city", type=int, help="synthetic spots per city")
     p.add_argument("--archs", type=_csv, help="e.g. simple,simpler,vgg11,resnet18")
     p.add_argument("--seeds", type=lambda s: tuple(int(x) for x in _csv(s)), help="e.g. 0,1")
     p.add_argument("--epochs", type=int)
@@ -86,6 +88,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "cam_method": args.cam_method,
         "threshold": args.threshold,
         "max_images_per_city": args.max_images_per_city,
+        "synth_cities": args.cities,
+        "synth_spots_per_city": args.spots_per_city,
     }
     cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
     if cfg.data != "synthetic":

@@ -46,9 +46,10 @@ def bare_dir(tmp_path_factory) -> Path:
     )
 
 
-def run_page(root: Path) -> AppTest:
+def run_page(root: Path, table_open: bool = True) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["cache_path"] = str(root)
+    at.session_state["objects_table_open"] = table_open  # the table is built only when open
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -154,6 +155,14 @@ def test_drill_down_shows_most_discriminative_images(cache_dir):
     assert captions[0].startswith(f"row {best_row} ")
     assert f"{best['share'].iloc[0]:.0%} of the explanation" in captions[0]
     assert len(at.get("image")) == min(12, len(best))
+
+
+def test_table_is_built_only_when_its_expander_is_open(cache_dir):
+    at = run_page(cache_dir, table_open=False)
+    assert not at.dataframe and len(at.get("download_button")) == 1
+    at.session_state["objects_table_open"] = True
+    at.run()
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) > 0
 
 
 def test_no_segmenter_says_so(bare_dir):

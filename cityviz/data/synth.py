@@ -39,7 +39,7 @@ from cityviz.data.ade20k import ADE20K_CLASSES, ADE20K_INDEX
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_CITIES: tuple[str, ...] = ("tokyo-like", "pittsburgh-like")
 SHARED_OBJECTS: tuple[str, ...] = (
     "sky", "building", "road", "sidewalk", "car", "person", "pole", "grass", "wall",
@@ -70,6 +70,7 @@ class SynthConfig:
     views_per_spot: int = 4
     size: int = 224
     seed: int = 0
+    planted_presence: float = 0.6
 
     def __post_init__(self) -> None:
         self.cities = tuple(self.cities)
@@ -84,6 +85,8 @@ class SynthConfig:
             raise ValueError(f"at most {len(PLANTED_PAIRS)} synthetic cities are supported")
         if self.spots_per_city < 1 or self.views_per_spot < 1:
             raise ValueError("spots_per_city and views_per_spot must be at least 1")
+        if not 0.0 < self.planted_presence <= 1.0:
+            raise ValueError("planted_presence must be in (0, 1]")
         if not 32 <= self.size <= 1024:
             raise ValueError(f"size must be between 32 and 1024 pixels, got {self.size}")
 
@@ -123,6 +126,7 @@ def _rng(seed: int, city: str, spot: int, *rest: int) -> np.random.Generator:
 
 
 _STREAM_SHARED, _STREAM_PLANTED = 1_000_001, 1_000_002  # never equal to a view index
+_STREAM_PRESENCE = 1_000_003
 
 
 # --------------------------------------------------------------------------- canvas
@@ -749,7 +753,7 @@ class _Kind:
 
 
 _KINDS: dict[str, _Kind] = {
-    "signboard": _Kind(_signboard, _draw_signboard, 3, 0, 0.5),
+    "signboard": _Kind(_signboard, _draw_signboard, 2, 0, 0.3),
     "fence": _Kind(_fence, _draw_fence, 1, 1),
     "skyscraper": _Kind(_skyscraper, _draw_skyscraper, 1, 0, 0.2),
     "tree": _Kind(_tree, _draw_tree, 1, 1, 0.5),
@@ -812,6 +816,23 @@ def _place_planted(rng, sc: _Scene, kinds: list[str], offsets: list[int]) -> lis
 # --------------------------------------------------------------------------- rendering
 
 
+def planted_kinds(config: SynthConfig, city: str, spot: int) -> list[str]:
+    """The planted objects that appear in (every view of) this spot.
+
+    Each of the city's planted kinds is present with probability ``planted_presence``, redrawn
+    until at least one is. Spots that show only one cue force a classifier to learn every cue of
+    a city instead of the easiest one, so each planted object has to earn its R_p^c.
+    """
+    kinds = discriminative_objects(config)[city]
+    if config.planted_presence >= 1.0:
+        return list(kinds)
+    rng = _rng(config.seed, city, spot, _STREAM_PRESENCE)
+    while True:
+        keep = [k for k in kinds if rng.random() < config.planted_presence]
+        if keep:
+            return keep
+
+
 def _render_spot(config: SynthConfig, city: str, spot: int) -> _Canvas:
     """The full panorama of one spot (no per-view nuisances)."""
     s = config.size
@@ -823,7 +844,7 @@ def _render_spot(config: SynthConfig, city: str, spot: int) -> _Canvas:
     cv = _Canvas(s, width)
     _draw_shared_back(cv, sc, rng_s)
     people = _sample_people(rng_s, sc)
-    kinds = discriminative_objects(config)[city]
+    kinds = planted_kinds(config, city, spot)
     planted = _place_planted(rng_p, sc, kinds, view_offsets(config))
     by_layer = sorted(planted, key=lambda o: (_KINDS[o.kind].layer, kinds.index(o.kind)))
     mid = (sc.yb + sc.ys) / 2 * s

@@ -104,7 +104,7 @@ def rpc_bars(
                     "yaxis": f"y{suffix}",
                 }
             )
-    return go.Figure({"data": data, "layout": layout})
+    return go.Figure({"data": data, "layout": layout}, _validate=False)
 
 
 def ar_heatmap(matrix: pd.DataFrame, labels: Sequence[str] | None = None) -> go.Figure:
