@@ -43,9 +43,9 @@ test: $(BIN)/.dev
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 bench: $(BIN)/.dev
-	$(BIN)/python bench/train.py
-	$(BIN)/python bench/cam.py
-	$(BIN)/python bench/embed.py
+	$(BIN)/python -m bench.train
+	$(BIN)/python -m bench.cam
+	$(BIN)/python -m bench.embed
 
 clean-cache:
 	rm -rf $(CACHE)

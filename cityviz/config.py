@@ -78,12 +78,12 @@ def model_id(arch: str, seed: int) -> str:
 PROFILES: dict[str, RunConfig] = {
     "paper": RunConfig(),
     "demo": RunConfig(
-        image_size=112,
-        synth_spots_per_city=100,
+        image_size=96,
+        synth_spots_per_city=80,
         synth_views_per_spot=4,
-        epochs=4,
+        epochs=3,
+        batch_size=8,
         lr=1e-4,
-        lr_step=10,
     ),
     "smoke": RunConfig(
         image_size=64,
@@ -101,7 +101,7 @@ PROFILES: dict[str, RunConfig] = {
 }
 
 PROFILE_HELP = {
-    "demo": "synthetic cities at 112 px, 4 architectures × 2 seeds (~10 min on 2 CPU cores)",
+    "demo": "synthetic cities, 96 px, 4 architectures × 2 seeds, 3 epochs (< 10 min, 2 CPU cores)",
     "paper": "the paper's setting: 224 px, 30 epochs, lr 1e-4 ×0.1 every 10 epochs (needs a GPU)",
     "smoke": "a tiny run for tests (2 architectures, 1 seed, 64 px)",
 }

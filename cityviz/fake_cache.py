@@ -41,6 +41,7 @@ from cityviz.store import (
     CacheStore,
     atomic_path,
     atomic_write_bytes,
+    predictions_frame,
     thumb_sheet_rel,
 )
 from cityviz.thumbs import render_tiles, sheet_bytes
@@ -211,20 +212,7 @@ def _predictions(
     others = np.array([[c for c in range(n_cities) if c != p] for p in range(n_cities)])
     if n_cities > 1:
         probs[np.arange(n)[:, None], others[pred]] = rest
-    df = pd.DataFrame(
-        {
-            "model_id": model_id,
-            "image_id": test["image_id"].to_numpy(),
-            "row": test["row"].to_numpy(),
-            "target": target,
-            "pred": pred,
-            "confidence": probs.max(axis=1),
-            "correct": pred == target,
-        }
-    )
-    for c in range(n_cities):
-        df[f"p{c}"] = probs[:, c]
-    return df
+    return predictions_frame(model_id, test, target, probs)
 
 
 def _map_coords(cluster: np.ndarray, rng: np.random.Generator, spread: float, sd: float):

@@ -105,6 +105,36 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def predictions_frame(
+    model_id: str,
+    test: pd.DataFrame,
+    target: np.ndarray,
+    probs: np.ndarray,
+    explained: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """One model's rows of ``predictions.parquet`` (``test``: the test images in row order).
+
+    ``explained`` is the class each CAM explains (the prediction unless CAMs were made for
+    the true class).
+    """
+    pred = probs.argmax(1)
+    frame = pd.DataFrame(
+        {
+            "model_id": model_id,
+            "image_id": test["image_id"].to_numpy(),
+            "row": test["row"].to_numpy(),
+            "target": target,
+            "pred": pred,
+            "explained": pred if explained is None else explained,
+            "confidence": probs.max(1),
+            "correct": pred == target,
+        }
+    )
+    for c in range(probs.shape[1]):
+        frame[f"p{c}"] = probs[:, c].astype(np.float32)
+    return frame
+
+
 class CacheStore:
     """Read/write access to one cache directory (the precompute side)."""
 

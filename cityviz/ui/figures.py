@@ -172,10 +172,10 @@ def prob_bars(probs: Sequence[float], cities: Sequence[str], title: str = "") ->
     )
     fig.update_layout(
         title=title,
-        xaxis={"range": [0, 1], "tickformat": ".0%"},
+        xaxis={"range": [0, 1], "tickformat": ".0%", "tickvals": [0, 0.25, 0.5, 0.75, 1]},
         yaxis={"autorange": "reversed"},
-        height=60 + 28 * max(2, len(probs)),
-        margin={"l": 10, "r": 10, "t": 30 if title else 10, "b": 10},
+        height=max(150, 60 + 32 * len(probs)),
+        margin={"l": 10, "r": 30, "t": 30 if title else 10, "b": 10},
     )
     return fig
 

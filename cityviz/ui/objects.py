@@ -203,8 +203,8 @@ class RpcCube:
             self.ci_lo[rows] = lo
             self.ci_hi[rows] = hi
 
-    def table(self, threshold: float, min_mean_pixels: float = 100.0) -> pd.DataFrame:
-        """``rpc_table`` at ``threshold`` (same columns, order and values) plus ci_lo, ci_hi."""
+    def columns(self, threshold: float, min_mean_pixels: float = 100.0) -> dict[str, np.ndarray]:
+        """The columns of :meth:`table` as arrays (cheaper to stack for many models)."""
         k = stats.threshold_bin(threshold, self.n_bins)
         m = self.cum[:, k]
         n = self.cum[:, 0]
@@ -220,37 +220,38 @@ class RpcCube:
         order = np.lexsort((self.class_id, -rpc, self.city_code))
         city_names = np.asarray(self.cities, dtype=object)
         names = np.asarray(self.class_names, dtype=object)
-        out = pd.DataFrame(
-            {
-                "city": city_names[self.city_code[order]],
-                "class_id": self.class_id[order],
-                "object": names[self.class_id[order]],
-                "M": m[order],
-                "N": n[order],
-                "rpc": rpc[order],
-                "mean_pixels": mean_pixels[order],
-                "share": share[order],
-                "lift": lift[order],
-                "kept": mean_pixels[order] > min_mean_pixels,
-                "ci_lo": self.ci_lo[order, k],
-                "ci_hi": self.ci_hi[order, k],
-            }
-        )
-        return out
+        return {
+            "city": city_names[self.city_code[order]],
+            "class_id": self.class_id[order],
+            "object": names[self.class_id[order]],
+            "M": m[order],
+            "N": n[order],
+            "rpc": rpc[order],
+            "mean_pixels": mean_pixels[order],
+            "share": share[order],
+            "lift": lift[order],
+            "kept": mean_pixels[order] > min_mean_pixels,
+            "ci_lo": self.ci_lo[order, k],
+            "ci_hi": self.ci_hi[order, k],
+        }
+
+    def table(self, threshold: float, min_mean_pixels: float = 100.0) -> pd.DataFrame:
+        """``rpc_table`` at ``threshold`` (same columns, order and values) plus ci_lo, ci_hi."""
+        return pd.DataFrame(self.columns(threshold, min_mean_pixels))
 
 
 def rpc_long_table(
     cubes: Mapping[str, RpcCube], threshold: float, min_mean_pixels: float = 100.0
 ) -> pd.DataFrame:
     """All models' tables stacked: ``model_id`` first, then :data:`TABLE_COLUMNS`."""
-    frames = [
-        cube.table(threshold, min_mean_pixels).assign(model_id=model_id)
-        for model_id, cube in cubes.items()
-    ]
-    if not frames:
+    parts = [(m, cube.columns(threshold, min_mean_pixels)) for m, cube in cubes.items()]
+    if not parts:
         return pd.DataFrame(columns=["model_id", *TABLE_COLUMNS])
-    out = pd.concat(frames, ignore_index=True)
-    return out[["model_id", *TABLE_COLUMNS]]
+    data = {"model_id": np.concatenate([np.full(len(c["city"]), m, dtype=object)
+                                        for m, c in parts])}  # fmt: skip
+    for col in TABLE_COLUMNS:
+        data[col] = np.concatenate([c[col] for _, c in parts])
+    return pd.DataFrame(data)
 
 
 def with_value(table: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -274,12 +275,29 @@ def with_value(table: pd.DataFrame, value: str) -> pd.DataFrame:
 
 
 def chart_objects(table: pd.DataFrame, top: int | None = None) -> dict[str, list[str]]:
-    """Per city, the kept objects to chart, best first (mean over models of ``value``)."""
-    kept = table[table["kept"]]
+    """Per city, the kept objects to chart, best first (mean over models of ``value``).
+
+    Ties keep alphabetical order.
+    """
+    kept = table[table["kept"].to_numpy(dtype=bool)]
     out: dict[str, list[str]] = {}
-    for city, grp in kept.groupby("city", sort=True):
-        mean = grp.groupby("object")["value"].mean().sort_values(ascending=False, kind="stable")
-        names = list(mean.index)
+    if kept.empty:
+        return out
+    city_codes, cities = pd.factorize(kept["city"], sort=True)
+    obj_codes, objects = pd.factorize(kept["object"], sort=True)
+    n_obj = len(objects)
+    key = city_codes * n_obj + obj_codes
+    value = kept["value"].to_numpy(dtype=float)
+    sums = np.bincount(key, weights=np.nan_to_num(value), minlength=len(cities) * n_obj)
+    counts = np.bincount(key, weights=~np.isnan(value), minlength=len(cities) * n_obj)
+    present = np.bincount(key, minlength=len(cities) * n_obj) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (sums / counts).reshape(len(cities), n_obj)
+    present = present.reshape(len(cities), n_obj)
+    for c, city in enumerate(cities):
+        idx = np.flatnonzero(present[c])
+        order = idx[np.argsort(-np.nan_to_num(mean[c, idx], nan=-np.inf), kind="stable")]
+        names = [str(objects[i]) for i in order]
         out[str(city)] = names[:top] if top else names
     return out
 
