@@ -129,7 +129,7 @@ def _scene_renderer(cities: Sequence[str], size: int):
     try:
         from cityviz.data.synth import SynthConfig, discriminative_objects, render_scene
 
-        config = SynthConfig(cities=tuple(cities), size=max(32, size))
+        config = SynthConfig(cities=tuple(cities), size=max(32, size), planted_presence=1.0)
         planted = discriminative_objects(config)
         render_scene(config, cities[0], 0, 0)
     except Exception as exc:  # no synth module, or cities / sizes it does not support

@@ -121,7 +121,9 @@ def test_overview_on_a_bare_cache_says_what_is_missing(bare_cache_dir):
     assert any("No object statistics" in i.value for i in at.info)
 
 
-def test_app_entry_uses_the_environment_variable(fake_cache_dir, monkeypatch):
+def test_app_entry_uses_the_environment_variable(fake_cache_dir, tmp_path, monkeypatch):
+    # no ./cache of the working tree (e.g. after `make demo`) may leak into this test
+    monkeypatch.setattr(pages.common, "CACHE_BASE", tmp_path / "no-caches-here")
     at = run(APP, env_root=fake_cache_dir, monkeypatch=monkeypatch)
     assert not at.error
     assert str(fake_cache_dir) in at.caption[0].value
