@@ -164,16 +164,15 @@ def test_payload_encodes_arrays_compactly_and_keys_the_data():
     assert chosen["data_key"] == args["data_key"]  # a selection alone never forces a redraw
 
 
-def test_plotly_js_is_copied_from_the_python_package(tmp_path):
-    dst = scatter.ensure_plotly_js(tmp_path)
-    src = scatter.plotly_js_source()
-    assert dst.read_bytes() == src.read_bytes()
-    dst.write_text("stale")
-    scatter.ensure_plotly_js(tmp_path)
-    assert dst.stat().st_size == src.stat().st_size
+def test_plotly_js_is_the_vendored_gl2d_bundle_never_a_cdn():
+    bundle = scatter.COMPONENT_DIR / scatter.PLOTLY_JS
+    head = bundle.read_text()[:200]
+    assert "plotly.js (gl2d - minified)" in head and "MIT" in head
+    assert bundle.stat().st_size < 2_000_000  # a third of the full 4.8 MB bundle
+    assert (scatter.COMPONENT_DIR / "PLOTLY-LICENSE.txt").exists()
     html = (scatter.COMPONENT_DIR / "index.html").read_text()
     js = (scatter.COMPONENT_DIR / "main.js").read_text()
-    assert 's.src = "plotly.min.js"' in js  # loaded from the component folder, never a CDN
+    assert f's.src = "{scatter.PLOTLY_JS}"' in js  # loaded from the component folder
     assert "http" not in html.split("<body>")[1] and "https:" not in js
 
 

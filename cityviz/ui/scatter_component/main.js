@@ -64,18 +64,21 @@
     if (!plotlyReady) {
       plotlyReady = new Promise(function (resolve, reject) {
         const s = document.createElement("script");
-        s.src = "plotly.min.js";
+        s.src = "plotly-gl2d.min.js";
         api.timing.plotly = performance.timeOrigin + performance.now();
         s.onload = function () {
           api.timing.plotlyLoaded = performance.timeOrigin + performance.now();
           resolve();
         };
-        s.onerror = function () { reject(new Error("plotly.min.js could not be loaded")); };
+        s.onerror = function () { reject(new Error("plotly-gl2d.min.js could not be loaded")); };
         document.head.appendChild(s);
       });
     }
     return plotlyReady;
   }
+  // Start fetching and parsing plotly.js now, in parallel with Streamlit's script run, instead
+  // of after the first map's data arrives (saves ~0.5 s on a fresh browser).
+  loadPlotly();
 
   let latest = null;
   window.addEventListener("message", function (event) {
