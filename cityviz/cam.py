@@ -234,7 +234,10 @@ class Explainer:
                 images = images[None]
             if images.ndim != 4 or images.shape[-1] != 3:
                 raise ValueError(f"numpy images must be [B,H,W,3], got shape {images.shape}")
-            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+            arr = np.ascontiguousarray(images)
+            if not arr.flags.writeable:  # e.g. a slice of a read-only memory-mapped cache array
+                arr = arr.copy()
+            x = torch.from_numpy(arr).permute(0, 3, 1, 2)
         else:
             x = images[None] if images.ndim == 3 else images
             if x.ndim != 4 or x.shape[1] != 3:
