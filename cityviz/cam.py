@@ -149,6 +149,8 @@ def mask_norm(cams: torch.Tensor | np.ndarray, size: int | tuple[int, int]) -> n
 
     Accepts a torch tensor (any device) or a numpy array; returns numpy.
     """
+    if isinstance(cams, np.ndarray) and not cams.flags.writeable:
+        cams = cams.copy()  # e.g. a memory-mapped cache array; raw CAMs are small
     t = torch.as_tensor(cams).detach().float()
     if t.ndim != 3:
         raise ValueError(f"cams must be [B,h,w], got shape {tuple(t.shape)}")

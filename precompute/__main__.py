@@ -110,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         log.error("unknown stage(s) %s; stages are %s", unknown, ", ".join(STAGES))
         return 2
     # imported late so that --help is instant
-    import torch
-
     from cityviz.models.archs import WeightsUnavailable
     from cityviz.models.train import resolve_device
     from cityviz.segment import SegmenterUnavailable
@@ -128,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         log.error("%s", exc)
         return 2
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     progress = not args.no_progress
     t0 = time.perf_counter()
     try:
