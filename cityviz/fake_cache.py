@@ -39,9 +39,9 @@ from cityviz.store import (
     THUMBS_PER_ROW,
     THUMBS_PER_SHEET,
     CacheStore,
-    atomic_path,
     atomic_write_bytes,
     predictions_frame,
+    save_arrays,
     thumb_sheet_rel,
 )
 from cityviz.thumbs import render_tiles, sheet_bytes
@@ -521,8 +521,7 @@ def _save_embedders(
         emb_state.method = method
         emb_state.fit_pca_ = fit_pca
         emb_state.embedding_ = emb[[f"{method}_x", f"{method}_y"]].to_numpy(np.float32)
-        with atomic_path(store.path(f"embed/{model_id}_{method}.npz")) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **emb_state.state_dict())
+        save_arrays(store.path(f"embed/{model_id}_{method}.npz"), **emb_state.state_dict())
 
 
 def _save_ar(

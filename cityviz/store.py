@@ -87,6 +87,17 @@ def load_array(path: str | Path, *, mmap: bool = True) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
+def save_arrays(path: str | Path, **arrays: np.ndarray) -> None:
+    """Several named arrays in one ``.npz`` file, atomically (no pickles)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def save_table(path: str | Path, df: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
@@ -389,8 +400,7 @@ class Cache:
         path = self.root / f"embed/{model_id}_{method}.npz"
         if not path.exists():
             raise CacheError(f"No {method} embedder for {model_id} in {self.root}.")
-        with np.load(path, allow_pickle=False) as z:
-            return MaskEmbedder.from_state({k: z[k] for k in z.files})
+        return MaskEmbedder.from_state(load_arrays(path))
 
     @property
     def thumbs(self) -> dict[str, Any] | None:

@@ -36,8 +36,10 @@ from cityviz.store import (
     THUMBS_PER_ROW,
     THUMBS_PER_SHEET,
     CacheStore,
+    load_arrays,
     predictions_frame,
     save_array,
+    save_arrays,
     thumb_sheet_rel,
 )
 
@@ -84,18 +86,6 @@ def _test_delay() -> None:
     delay = float(os.environ.get("CITYVIZ_TEST_UNIT_DELAY", "0") or 0)
     if delay:
         time.sleep(delay)
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    from cityviz.store import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +228,7 @@ def stage_train(ctx: Context) -> None:
                 "confusion": cms,
                 "history": result.history,
                 "train_seconds": round(result.seconds, 2),
-                "data_fingerprint": ctx.dataset.fingerprint(),
+                "data_fingerprint": store.manifest["dataset"]["fingerprint"],
             }
             save_checkpoint(store.path(f"models/{mid}"), result.model, meta)
             models[mid] = {
@@ -286,7 +276,7 @@ def stage_cams(ctx: Context) -> None:
                     parts_cams.append(res.cams.cpu().numpy().astype(np.float32))
                     parts_probs.append(res.probs.detach().cpu().numpy().astype(np.float32))
                     parts_target.append(res.target.cpu().numpy())
-                _save_npz(
+                save_arrays(
                     store.part_path("cams", f"{mid}-{k:05d}", ".npz"),
                     cams=np.concatenate(parts_cams),
                     probs=np.concatenate(parts_probs),
@@ -301,7 +291,7 @@ def stage_cams(ctx: Context) -> None:
     test_df = df[df["row"] >= 0].sort_values("row")
     for m in ctx.models():
         mid = m["model_id"]
-        parts = [_load_npz(store.part_path("cams", f"{mid}-{k:05d}", ".npz")) for k, _ in shards]
+        parts = [load_arrays(store.part_path("cams", f"{mid}-{k:05d}", ".npz")) for k, _ in shards]
         store.save_array(f"cams/{mid}.npy", np.concatenate([p["cams"] for p in parts]))
         probs = np.concatenate([p["probs"] for p in parts])
         explained = np.concatenate([p["target"] for p in parts])
@@ -387,12 +377,12 @@ def stage_stats(ctx: Context) -> None:
                     out[f"hist_counts_{mid}"] = counts
             for i, (a, b) in enumerate(pairs):
                 out[f"ar_{i}"] = stats.average_residual(masks[a], masks[b])
-            _save_npz(store.part_path("stats", f"shard-{k:05d}", ".npz"), **out)
+            save_arrays(store.part_path("stats", f"shard-{k:05d}", ".npz"), **out)
             store.mark_unit_done("stats", unit)
             _test_delay()
         bar.update(sl.stop - sl.start)
     bar.close()
-    parts = [_load_npz(store.part_path("stats", f"shard-{k:05d}", ".npz")) for k, _ in shards]
+    parts = [load_arrays(store.part_path("stats", f"shard-{k:05d}", ".npz")) for k, _ in shards]
     city_of = pd.Series(test_df["city"].to_numpy(), index=ids)
     n_images_of = test_df.groupby("city").size()  # images without labelled pixels count too
     rpc_frames = []
@@ -467,7 +457,7 @@ def stage_embed(ctx: Context) -> None:
             emb = embed.MaskEmbedder(method=method, n_pca=cfg.n_pca, random_state=0)
             xy = emb.fit_transform(feats)
             frame[f"{method}_x"], frame[f"{method}_y"] = xy[:, 0], xy[:, 1]
-            _save_npz(store.path(f"embed/{mid}_{method}.npz"), **emb.state_dict())
+            save_arrays(store.path(f"embed/{mid}_{method}.npz"), **emb.state_dict())
         for method in ("tsne", "umap"):
             if f"{method}_x" not in frame:
                 frame[f"{method}_x"] = np.nan
