@@ -227,6 +227,7 @@ def stage_train(ctx: Context) -> None:
                 "accuracy": acc,
                 "confusion": cms,
                 "history": result.history,
+                "best_epoch": result.best_epoch,
                 "train_seconds": round(result.seconds, 2),
                 "data_fingerprint": store.manifest["dataset"]["fingerprint"],
             }

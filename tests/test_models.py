@@ -152,3 +152,23 @@ def test_training_learns_a_toy_task_and_is_deterministic():
     assert [h["loss"] for h in r1.history] == [h["loss"] for h in r2.history]
     assert r1.history[-1]["loss"] < r1.history[0]["loss"]
     assert len(r1.history) == 3 and r1.history[-1]["val_accuracy"] >= 0.9
+
+
+def test_training_keeps_the_epoch_with_the_best_validation_accuracy():
+    torch.set_num_threads(2)
+    x, y = _toy_images(64)
+    # validation labels are the opposite of the truth, so validation accuracy falls as the
+    # model learns and the best epoch is not the last one
+    kw = dict(epochs=3, batch_size=16, lr=1e-3, progress=False)
+    best = train_model("simple", 0, x, y, x[:32], 1 - y[:32], 2, **kw)
+    last = train_model("simple", 0, x, y, x[:32], 1 - y[:32], 2, keep_best=False, **kw)
+    val = [h["val_accuracy"] for h in best.history]
+    assert val == [h["val_accuracy"] for h in last.history]
+    want = max(range(3), key=lambda i: (val[i], i)) + 1
+    assert want < 3 and best.best_epoch == want and last.best_epoch == 3
+    cpu = torch.device("cpu")
+    acc = {
+        name: (predict(r.model, "simple", x[:32], cpu).argmax(1) == 1 - y[:32]).mean()
+        for name, r in (("best", best), ("last", last))
+    }
+    assert acc["best"] == val[want - 1] and acc["last"] == val[-1] < acc["best"]

@@ -60,7 +60,8 @@ def test_layout_and_metadata(small_set: Path):
                               "planted_presence": 0.6}
     assert meta["discriminative"] == {"tokyo-like": ["signboard", "fence"],
                                       "pittsburgh-like": ["skyscraper", "tree"]}
-    assert meta["shared"] == list(SHARED_OBJECTS) and meta["generator_version"] == 2
+    assert meta["shared"] == list(SHARED_OBJECTS)
+    assert meta["generator_version"] == synth.GENERATOR_VERSION == 3
     assert not [p for p in small_set.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
@@ -168,14 +169,13 @@ def test_planted_objects_in_every_image_of_their_city_only(eight_cities):
     disc = discriminative_objects(cfg)
     for city, frac in fractions.items():
         mine = [ADE20K_INDEX[n] for n in disc[city]]
-        # every image shows at least one of its city's cues, clearly
-        assert frac[:, mine].sum(1).min() >= 0.01, city
+        # every image shows a whole facade slot and a whole street slot of its city's cues
+        assert frac[:, mine].sum(1).min() >= 0.05, city
         for name in ALL_PLANTED:
             share = frac[:, ADE20K_INDEX[name]]
             if name in disc[city]:
                 present = share[share > 0]
-                assert present.min() >= 0.01, (city, name, present.min())  # clearly visible
-                assert 0.02 <= present.mean() <= 0.16, (city, name, present.mean())
+                assert 0.02 <= present.mean() <= 0.2, (city, name, present.mean())
             else:
                 assert share.max() == 0.0, (city, name)
 
@@ -207,8 +207,10 @@ def test_shared_objects_have_similar_frequencies(two_cities):
         i = ADE20K_INDEX[name]
         present_a, present_b = (a[:, i] > 0).mean(), (b[:, i] > 0).mean()
         assert abs(present_a - present_b) <= 0.15, (name, present_a, present_b)
-        # pixel shares differ only by what the planted objects cover (e.g. skyscrapers hide sky)
-        assert abs(a[:, i].mean() - b[:, i].mean()) <= 0.07, name
+        # planted panels fill the same slots in every city, so they hide the same shared pixels:
+        # how much sky or building is visible must not tell the city (generator v2 differed by
+        # up to 0.055 here, since skyscrapers hid sky in one city only)
+        assert abs(a[:, i].mean() - b[:, i].mean()) <= 0.02, name
     used = {ADE20K_CLASSES[i] for f in fractions.values() for i in np.flatnonzero(f.sum(0))}
     assert used <= set(SHARED_OBJECTS) | ALL_PLANTED
 
@@ -246,13 +248,12 @@ def test_labels_match_pixels():
                 if city == "pittsburgh-like":
                     if "tree" in mean:
                         r, g, b = mean["tree"]
-                        assert g > r and g > b  # green crowns on brown trunks
+                        assert g > r and g > b  # green foliage
                     if "skyscraper" in mean:
                         r, g, b = mean["skyscraper"]
                         assert b > r + 15 and b > g  # dark-blue towers
-                else:  # saturated coloured panels
+                elif (signs := lab == ADE20K_INDEX["signboard"]).any():  # saturated panels
                     sat = img.max(axis=2).astype(int) - img.min(axis=2)
-                    signs = lab == ADE20K_INDEX["signboard"]
                     assert sat[signs].mean() > sat[lab == ADE20K_INDEX["building"]].mean() + 30
     assert day_checked >= 4
 
@@ -282,3 +283,12 @@ def test_png_encoder_round_trips():
         for level in (0, 6):
             data = synth.encode_png(arr, level)
             assert (np.asarray(Image.open(io.BytesIO(data))) == arr).all()
+
+
+@pytest.mark.parametrize("kind", sorted(ALL_PLANTED))
+def test_every_planted_kind_has_a_visible_two_colour_pattern(kind):
+    pattern = synth._KINDS[kind].pattern
+    for h, w in ((20, 24), (14, 30), (27, 19)):
+        mask = synth._accent_mask(pattern, h, w, 96, np.random.default_rng(0))
+        assert mask.shape == (h, w) and mask.dtype == bool
+        assert 0.05 <= mask.mean() <= 0.8, (kind, h, w, mask.mean())  # base and accent both show

@@ -4,8 +4,10 @@ Each *spot* is one street layout rendered as a panorama three views wide; its *v
 at evenly spaced offsets (like the 12 directions of a Tokyo 24/7 place). Every city shares the
 same distribution of sky, buildings, road, cars, people... and owns a pair of *discriminative*
 objects (tokyo-like: signboard + fence; pittsburgh-like: skyscraper + tree; further cities take
-further pairs) that appear in every view of that city and nowhere else. The label maps use
-ADE20K indices, so the planted answer can be checked end to end.
+further pairs), drawn as textured panels in slots whose geometry is the same in every city, so
+that they hide the same shared pixels everywhere and their look is the only signal. A spot shows
+a random non-empty subset of its city's pair, in every view. The label maps use ADE20K indices,
+so the planted answer can be checked end to end.
 
 Randomness: a spot's layout comes from ``SeedSequence((seed, city, spot, stream))`` and each
 view's nuisances (time of day, colour jitter, noise) from ``(seed, city, spot, view)``, so an
@@ -18,7 +20,6 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ import shutil
 import struct
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from cityviz.data.ade20k import ADE20K_CLASSES, ADE20K_INDEX
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DEFAULT_CITIES: tuple[str, ...] = ("tokyo-like", "pittsburgh-like")
 SHARED_OBJECTS: tuple[str, ...] = (
     "sky", "building", "road", "sidewalk", "car", "person", "pole", "grass", "wall",
@@ -370,406 +371,167 @@ def _draw_shared_front(cv: _Canvas, sc: _Scene, rng: np.random.Generator, people
 
 
 # --------------------------------------------------------------------------- planted objects
+#
+# Planted objects are opaque, textured panels in two kinds of *slot*: a "facade" slot high on
+# the street wall (it may rise above the roofline) and a "street" slot standing on the sidewalk.
+# Every view has at least one slot of each type, every slot holds one of the spot's cues, and
+# the slots' geometry is drawn the same way in every city, so a planted object hides the same
+# shared pixels (sky, building, sidewalk...) whichever city it belongs to. Only the panel's look
+# tells the city; "how much sky is visible" tells nothing. (Generator v2 drew free-form objects:
+# skyscrapers hid sky in one city only, and Grad-CAM rightly found empty sky discriminative for
+# the others.)
+
+_FACADE, _STREET = 0, 1
+
+
+@dataclass(frozen=True)
+class _Look:
+    """How a kind fills its panel: base colours, accent colours, accent pattern."""
+
+    base: tuple[tuple[int, int, int], ...]
+    accent: tuple[tuple[int, int, int], ...]
+    pattern: str
+
+
+_KINDS: dict[str, _Look] = {
+    "signboard": _Look(((220, 30, 40), (245, 195, 20), (225, 40, 160)),
+                       ((250, 250, 245), (25, 25, 30)), "glyphs"),
+    "fence": _Look(((235, 120, 20),), ((60, 40, 25),), "vbars"),
+    "skyscraper": _Look(((20, 110, 200),), ((170, 220, 245),), "grid"),
+    "tree": _Look(((40, 150, 50),), ((20, 80, 25),), "leaves"),
+    "awning": _Look(((135, 50, 175),), ((245, 240, 228),), "vstripes"),
+    "streetlight": _Look(((25, 70, 80),), ((255, 245, 190),), "lamp"),
+    "traffic light": _Look(((30, 30, 32),), ((230, 40, 30), (245, 190, 20), (40, 200, 80)),
+                           "lights"),
+    "flag": _Look(((230, 230, 235),), ((200, 30, 40), (30, 60, 160)), "bands"),
+    "palm": _Look(((150, 120, 70),), ((60, 150, 60),), "fronds"),
+    "bench": _Look(((120, 80, 45),), ((60, 40, 25),), "slats"),
+    "bus": _Look(((20, 150, 140),), ((40, 50, 60),), "windows"),
+    "plant": _Look(((170, 90, 60),), ((70, 160, 70),), "dots"),
+    "column": _Look(((215, 205, 185),), ((150, 140, 125),), "flutes"),
+    "clock": _Look(((30, 70, 50),), ((245, 245, 235),), "dial"),
+    "bridge": _Look(((120, 115, 110),), ((70, 68, 66),), "truss"),
+    "ashcan": _Look(((40, 100, 60), (70, 70, 75)), ((20, 20, 20),), "ribs"),
+}
+
+
+def _accent_mask(pattern: str, h: int, w: int, s: int, rng: np.random.Generator) -> np.ndarray:
+    """Where a panel of ``h``×``w`` pixels shows its accent colour (bool h×w)."""
+    return np.broadcast_to(_accent(pattern, h, w, s, rng), (h, w))
+
+
+def _accent(pattern: str, h: int, w: int, s: int, rng: np.random.Generator) -> np.ndarray:
+    yy = (np.arange(h) + 0.5)[:, None] / max(h, 1)  # 0..1 down the panel
+    xx = (np.arange(w) + 0.5)[None, :] / max(w, 1)
+    py = (np.arange(h) + 0.5)[:, None]  # pixels
+    px = (np.arange(w) + 0.5)[None, :]
+    pitch = max(2.0, 0.035 * s)
+    if pattern == "glyphs":
+        frame = (yy < 0.07) | (yy > 0.93) | (xx < 0.07) | (xx > 0.93)
+        glyph = (np.abs(yy - 0.5) < 0.2) & ((xx * 3) % 1 > 0.35) & ((xx * 3) % 1 < 0.65)
+        return frame | glyph
+    if pattern == "vbars":
+        return ((px % pitch) < 0.4 * pitch) | (yy < 0.12)
+    if pattern == "grid":
+        return ((px % pitch) > 0.25 * pitch) & ((py % pitch) > 0.25 * pitch) & ((px % pitch) < 0.75
+                                                                                 * pitch)
+    if pattern == "leaves":
+        spots = rng.random((h // 2 + 1, w // 2 + 1)) < 0.35
+        return spots.repeat(2, 0)[:h].repeat(2, 1)[:, :w] | ((yy > 0.75) & (np.abs(xx - 0.5) < 0.1))
+    if pattern == "vstripes":
+        return (px % (3 * pitch)) < 1.5 * pitch
+    if pattern == "lamp":
+        return (yy < 0.4) & (np.abs(xx - 0.5) < 0.4)
+    if pattern == "lights":
+        return ((xx - 0.5) ** 2 * (w / max(h, 1)) ** 2 + ((yy * 3) % 1 - 0.5) ** 2 / 9) < 0.04
+    if pattern == "bands":
+        return ((yy * 3) % 1 < 0.5) & (yy > 0.2)
+    if pattern == "fronds":
+        return ((px + py) % (2 * pitch)) < 0.8 * pitch
+    if pattern == "slats":
+        return (py % pitch) < 0.5 * pitch
+    if pattern == "windows":
+        return (np.abs(yy - 0.35) < 0.17) & ((px % (1.5 * pitch)) < 1.1 * pitch)
+    if pattern == "dots":
+        return ((px % pitch - pitch / 2) ** 2 + (py % pitch - pitch / 2) ** 2) < (0.3 * pitch) ** 2
+    if pattern == "flutes":
+        return (px % pitch) < 0.25 * pitch
+    if pattern == "dial":
+        r2 = (xx - 0.5) ** 2 + ((yy - 0.5) * h / max(w, 1)) ** 2
+        return r2 < 0.16
+    if pattern == "truss":
+        return (((px + py) % (2 * pitch)) < 0.3 * pitch) | (((px - py) % (2 * pitch)) < 0.3 * pitch)
+    if pattern == "ribs":
+        return ((py % pitch) < 0.3 * pitch) | (yy < 0.1)
+    raise ValueError(f"unknown pattern {pattern!r}")
 
 
 @dataclass
 class _Planted:
     kind: str
-    width: float  # pixels, for placement
-    params: dict
-    x0: float = 0.0
+    slot: int
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    base: tuple[int, int, int]
+    accent: tuple[int, int, int]
 
 
-def _signboard(rng, sc):
+def _slot(rng: np.random.Generator, sc: _Scene, slot: int, lo: float, hi: float):
+    """One slot rectangle with its left edge in [lo, hi - width] (pixels)."""
     s = sc.s
-    if rng.random() < 0.5:
-        w, h = rng.uniform(0.12, 0.2) * s, rng.uniform(0.06, 0.09) * s
+    if slot == _FACADE:
+        w, h = rng.uniform(0.2, 0.28) * s, rng.uniform(0.2, 0.3) * s
+        y0 = rng.uniform(0.18, 0.3) * s
+        y1 = min(y0 + h, sc.yb * s - 0.04 * s)
     else:
-        w, h = rng.uniform(0.05, 0.07) * s, rng.uniform(0.16, 0.26) * s
-    return w, {"h": h, "color": _jit(rng, _pick(rng, SATURATED), 12),
-               "ink": _pick(rng, [(250, 250, 245), (25, 25, 30)]), "v": rng.uniform(0, 1)}
+        w, h = rng.uniform(0.24, 0.34) * s, rng.uniform(0.14, 0.2) * s
+        y1 = rng.uniform(sc.yb + 0.015, sc.ys - 0.01) * s
+        y0 = y1 - h
+    x0 = rng.uniform(lo, max(lo, hi - w))
+    return x0, y0, x0 + w, y1
 
 
-def _draw_signboard(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    top = sc.facade_top(o.x0 + o.width / 2)
-    lo = (top if top is not None else 0.25 * s) + 0.03 * s
-    hi = sc.yb * s - 0.12 * s - p["h"]
-    y0 = lo + p["v"] * max(hi - lo, 0.0)
-    x0, x1, y1 = o.x0, o.x0 + o.width, y0 + p["h"]
-    b = max(1.0, 0.012 * s)
-    cls = C["signboard"]
-    cv.rect(x0, y0, x1, y1, (240, 238, 225), cls, glow=(255, 252, 240))
-    cv.rect(x0 + b, y0 + b, x1 - b, y1 - b, p["color"], cls, glow=_bright(p["color"]))
-    w, h = x1 - x0 - 4 * b, y1 - y0 - 4 * b
-    if w > h:
-        for i in range(3):
-            cx = x0 + 2 * b + (i + 0.15) * w / 3
-            cv.rect(cx, y0 + 2 * b + 0.3 * h, cx + 0.6 * w / 3, y0 + 2 * b + 0.7 * h, p["ink"], cls)
-    else:
-        for i in range(3):
-            cy = y0 + 2 * b + (i + 0.15) * h / 3
-            cv.rect(x0 + 2 * b + 0.2 * w, cy, x0 + 2 * b + 0.8 * w, cy + 0.6 * h / 3, p["ink"], cls)
+def _place_planted(rng, sc: _Scene, kinds: list[str], offsets: list[int]) -> list[_Planted]:
+    """Fill slots so that every view fully contains at least one slot of each type.
 
-
-def _fence(rng, sc):
+    Every slot is filled, each with one of ``kinds`` (the spot's cues) at random, and slots are
+    drawn the same way in every city. So where one city's cue could be, another city shows its
+    own: a network that recognises a city by what it lacks still looks at planted objects.
+    """
     s = sc.s
-    return rng.uniform(0.45, 0.8) * s, {
-        "h": rng.uniform(0.11, 0.15) * s, "pitch": rng.uniform(0.028, 0.036) * s,
-        "lift": rng.uniform(0, 0.015) * s,
-        "color": _jit(rng, _pick(rng, [(45, 85, 55), (215, 215, 210), (40, 40, 45)]), 8)}
+    placed: list[_Planted] = []
+    for slot in (_FACADE, _STREET):
+        taken: list[tuple[float, float]] = []
+        for off in offsets:
+            inside = sum(off <= a and b <= off + s for a, b in taken)
+            for _ in range(max(1 - inside, 0) + int(rng.poisson(0.3))):
+                x0, y0, x1, y1 = _slot(rng, sc, slot, off + 0.02 * s, off + 0.98 * s)
+                for _try in range(12):
+                    if not any(x0 < b and a < x1 for a, b in taken):
+                        break
+                    x0, y0, x1, y1 = _slot(rng, sc, slot, off + 0.02 * s, off + 0.98 * s)
+                taken.append((x0, x1))
+                kind = _pick(rng, kinds)
+                look = _KINDS[kind]
+                base = _jit(rng, _pick(rng, look.base), 10)
+                accent = _jit(rng, _pick(rng, look.accent), 6)
+                placed.append(_Planted(kind, slot, x0, y0, x1, y1, base, accent))
+    return placed
 
 
-def _draw_fence(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    bottom = sc.ys * s - p["lift"]
-    top = bottom - p["h"]
-    bar = max(1.0, 0.4 * p["pitch"])
-    cls = C["fence"]
-    for bx in np.arange(o.x0, o.x0 + o.width - bar + 1e-6, p["pitch"]):
-        cv.rect(bx, top, bx + bar, bottom, p["color"], cls)
-    rail = max(1.0, 0.012 * s)
-    for ry in (top, top + 0.5 * p["h"]):
-        cv.rect(o.x0, ry, o.x0 + o.width, ry + rail, p["color"], cls)
+def _draw_planted(cv: _Canvas, o: _Planted, rng: np.random.Generator) -> None:
+    xa, ya = round(o.x0), round(o.y0)
+    w, h = round(o.x1) - xa, round(o.y1) - ya
+    if w <= 0 or h <= 0:
+        return
+    cls = C[o.kind]
+    cv.rect(xa, ya, xa + w, ya + h, o.base, cls, glow=o.base)  # lit at night, like a sign
+    cv.paint(xa, ya, _accent_mask(_KINDS[o.kind].pattern, h, w, cv.h, rng), o.accent, cls,
+             glow=_bright(o.accent))
 
 
-def _skyscraper(rng, sc):
-    s = sc.s
-    return rng.uniform(0.13, 0.19) * s, {
-        "top": rng.uniform(0.0, 0.08) * s, "antenna": rng.random() < 0.5,
-        "cell": rng.uniform(0.035, 0.045) * s, "color": _jit(rng, (28, 42, 88), 10),
-        "win": _jit(rng, (95, 130, 190), 10)}
-
-
-def _draw_skyscraper(cv, sc, o: _Planted, rng):
-    s, p = sc.s, o.params
-    x0, x1, cls = o.x0, o.x0 + o.width, C["skyscraper"]
-    cv.rect(x0, p["top"], x1, sc.yb * s, p["color"], cls)
-    cv.grid(x0 + 0.2 * p["cell"], p["top"] + 0.02 * s, x1 - 0.2 * p["cell"], sc.yb * s,
-            p["cell"], 0.55, p["win"], cls, lit_p=0.6, glow=(205, 225, 255), rng=rng)
-    if p["antenna"]:
-        mx = (x0 + x1) / 2
-        cv.rect(mx - max(0.5, 0.005 * s), p["top"] - 0.08 * s, mx + max(0.5, 0.005 * s), p["top"],
-                p["color"], cls)
-
-
-def _tree(rng, sc):
-    s = sc.s
-    r = rng.uniform(0.085, 0.12) * s
-    blobs = [(rng.uniform(-0.6, 0.6) * r, rng.uniform(-0.5, 0.4) * r, rng.uniform(0.6, 0.8) * r)
-             for _ in range(4)]
-    return 2.4 * r, {"r": r, "blobs": blobs, "height": rng.uniform(0.3, 0.4) * s,
-                     "leaf": _jit(rng, (45, 115, 45), 12), "trunk": _jit(rng, (95, 65, 40), 8)}
-
-
-def _draw_tree(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cx, base, cls = o.x0 + o.width / 2, sc.ys * s - 0.01 * s, C["tree"]
-    cy = base - p["height"]
-    tw = max(1.0, 0.03 * s)
-    cv.rect(cx - tw / 2, cy, cx + tw / 2, base, p["trunk"], cls)
-    cv.ellipse(cx, cy, p["r"], 0.85 * p["r"], p["leaf"], cls)
-    dark = tuple(int(v * 0.7) for v in p["leaf"])
-    for i, (dx, dy, r) in enumerate(p["blobs"]):
-        cv.ellipse(cx + dx, cy + dy, r, 0.9 * r, dark if i % 2 else p["leaf"], cls)
-
-
-def _awning(rng, sc):
-    s = sc.s
-    return rng.uniform(0.16, 0.28) * s, {
-        "h": rng.uniform(0.05, 0.07) * s, "top": rng.uniform(0.16, 0.2) * s,
-        "color": _jit(rng, _pick(rng, [(200, 40, 40), (30, 120, 60), (40, 70, 170),
-                                       (230, 140, 20)]), 10)}
-
-
-def _draw_awning(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    y0 = sc.yb * s - p["top"]
-    h, w, cls = p["h"], o.width, C["awning"]
-    inset = 0.025 * s
-    yy, xx = np.ogrid[0 : math.ceil(h), 0 : math.ceil(w)]
-    ins = inset * (1 - (yy + 0.5) / h)
-    shape = (xx + 0.5 >= ins) & (xx + 0.5 <= w - ins)
-    stripe = ((xx + 0.5) // max(1.0, 0.025 * s)) % 2 == 0
-    x0, y0i = round(o.x0), round(y0)
-    cv.paint(x0, y0i, shape & stripe, p["color"], cls)
-    cv.paint(x0, y0i, shape & ~stripe, (245, 240, 228), cls)
-    sr = max(1.0, 0.012 * s)
-    for sx in np.arange(o.x0 + sr, o.x0 + w - sr + 1e-6, 2 * sr):
-        cv.ellipse(sx, y0 + h, sr, sr, p["color"], cls)
-
-
-def _streetlight(rng, sc):
-    s = sc.s
-    return 0.12 * s, {"top": rng.uniform(0.12, 0.2) * s, "left": rng.random() < 0.5,
-                      "color": _jit(rng, (55, 65, 60), 6)}
-
-
-def _draw_streetlight(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["streetlight"]
-    px = o.x0 + (0.1 * s if p["left"] else 0.02 * s)
-    pw = max(1.0, 0.018 * s)
-    base = sc.ys * s - 0.01 * s
-    cv.rect(px - 0.6 * pw, base - 0.04 * s, px + pw * 1.6, base, p["color"], cls)
-    cv.rect(px, p["top"], px + pw, base, p["color"], cls)
-    arm_end = px - 0.08 * s if p["left"] else px + pw + 0.08 * s
-    cv.rect(min(px, arm_end), p["top"], max(px + pw, arm_end), p["top"] + max(1, 0.012 * s),
-            p["color"], cls)
-    cv.ellipse(arm_end, p["top"] + 0.02 * s, 0.035 * s, 0.018 * s, (250, 240, 200), cls,
-               glow=(255, 246, 205))
-
-
-def _traffic_light(rng, sc):
-    s = sc.s
-    return 0.07 * s, {"top": rng.uniform(0.2, 0.3) * s, "on": int(rng.integers(3)),
-                      "body": _pick(rng, [(30, 30, 32), (190, 160, 40)])}
-
-
-def _draw_traffic_light(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["traffic light"]
-    x0, x1 = o.x0, o.x0 + 0.06 * s
-    mx = (x0 + x1) / 2
-    pw = max(1.0, 0.014 * s)
-    cv.rect(mx - pw / 2, p["top"], mx + pw / 2, sc.ys * s - 0.005 * s, (70, 72, 75), cls)
-    cv.rect(x0, p["top"], x1, p["top"] + 0.16 * s, p["body"], cls)
-    lamps = [(225, 35, 30), (245, 170, 20), (30, 205, 120)]
-    for i, col in enumerate(lamps):
-        on = i == p["on"]
-        c = col if on else tuple(int(v * 0.35) for v in col)
-        cv.ellipse(mx, p["top"] + (0.03 + 0.05 * i) * s, 0.021 * s, 0.021 * s, c, cls,
-                   glow=_bright(col) if on else None)
-
-
-def _flag(rng, sc):
-    s = sc.s
-    palettes = [((200, 30, 45), (245, 245, 245), (30, 60, 150)), ((20, 140, 70), (245, 245, 245),
-                (210, 40, 40)), ((250, 200, 30), (30, 30, 30), (210, 40, 40)),
-                ((40, 90, 200), (250, 210, 30), (40, 90, 200))]  # fmt: skip
-    cw = rng.uniform(0.13, 0.18) * s
-    return cw + 0.02 * s, {"top": rng.uniform(0.1, 0.2) * s, "cw": cw,
-                           "ch": rng.uniform(0.08, 0.11) * s, "colors": _pick(rng, palettes),
-                           "horizontal": rng.random() < 0.5, "phase": rng.uniform(0, 2 * np.pi)}
-
-
-def _draw_flag(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["flag"]
-    pw = max(1.0, 0.01 * s)
-    cv.rect(o.x0, p["top"] - 0.01 * s, o.x0 + pw, sc.ys * s - 0.005 * s, (200, 200, 205), cls)
-    cw, ch = p["cw"], p["ch"]
-    x0 = round(o.x0 + pw)
-    amp = 0.012 * s
-    yy, xx = np.ogrid[0 : math.ceil(ch + 2 * amp), 0 : math.ceil(cw)]
-    shift = amp * (1 + np.sin(2 * np.pi * (xx + 0.5) / (0.15 * s) + p["phase"]))
-    v = (yy + 0.5 - shift) / ch  # 0..1 inside the cloth
-    inside = (v >= 0) & (v < 1)
-    band = np.floor(v * 3) if p["horizontal"] else np.floor((xx + 0.5) / cw * 3) + 0 * v
-    for i, col in enumerate(p["colors"]):
-        cv.paint(x0, round(p["top"]), inside & (band == i), col, cls)
-
-
-def _palm(rng, sc):
-    s = sc.s
-    return 0.3 * s, {"height": rng.uniform(0.4, 0.5) * s, "bend": rng.uniform(-0.06, 0.06) * s,
-                     "n": int(rng.integers(6, 9)), "rot": rng.uniform(0, np.pi),
-                     "leaf": _jit(rng, (70, 140, 60), 10)}
-
-
-def _draw_palm(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["palm"]
-    bx, base = o.x0 + 0.15 * s, sc.ys * s - 0.01 * s
-    r = max(0.6, 0.011 * s)
-    pts = [(bx + p["bend"] * t * t, base - p["height"] * t) for t in np.linspace(0, 1, 5)]
-    for (xa, ya), (xb, yb) in itertools.pairwise(pts):
-        cv.segment(xa, ya, xb, yb, r, (145, 122, 92), cls)
-    tx, ty = pts[-1]
-    for k in range(p["n"]):
-        a = p["rot"] + 2 * np.pi * k / p["n"]
-        mx, my = tx + 0.07 * s * np.cos(a), ty - 0.05 * s * abs(np.sin(a)) - 0.02 * s
-        ex, ey = tx + 0.13 * s * np.cos(a), ty + 0.03 * s
-        cv.segment(tx, ty, mx, my, r, p["leaf"], cls)
-        cv.segment(mx, my, ex, ey, 0.8 * r, p["leaf"], cls)
-
-
-def _bench(rng, sc):
-    s = sc.s
-    return rng.uniform(0.2, 0.26) * s, {
-        "ground": rng.uniform(0.03, 0.05) * s,
-        "color": _jit(rng, _pick(rng, [(150, 95, 50), (40, 95, 65)]), 8)}
-
-
-def _draw_bench(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["bench"]
-    g = sc.yb * s + p["ground"]
-    x0, x1 = o.x0, o.x0 + o.width
-    lw = max(1.0, 0.015 * s)
-    for lx in (x0 + 0.08 * o.width, x1 - 0.08 * o.width - lw):
-        cv.rect(lx, g - 0.11 * s, lx + lw, g, (50, 50, 52), cls)
-    seat = g - 0.045 * s
-    cv.rect(x0, seat - 0.022 * s, x1, seat, p["color"], cls)
-    for k in range(2):
-        y = seat - 0.06 * s - k * 0.032 * s
-        cv.rect(x0 + 0.02 * s, y - 0.02 * s, x1 - 0.02 * s, y, p["color"], cls)
-
-
-def _bus(rng, sc):
-    s = sc.s
-    return rng.uniform(0.45, 0.58) * s, {
-        "h": rng.uniform(0.18, 0.22) * s, "bottom": rng.uniform(0.2, 0.26) * s,
-        "color": _jit(rng, _pick(rng, [(230, 230, 225), (40, 110, 190), (200, 60, 40),
-                                       (60, 140, 80)]), 8)}
-
-
-def _draw_bus(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["bus"]
-    b = min(sc.ys * s + p["bottom"], cv.h - 0.02 * s)
-    x0, x1, h = o.x0, o.x0 + o.width, p["h"]
-    cv.rect(x0, b - h, x1, b - 0.06 * s, p["color"], cls)
-    cv.rect(x0, b - 0.35 * h, x1, b - 0.27 * h, _bright(p["color"], 0.6), cls)
-    n = max(2, round(o.width / (0.07 * s)))
-    ww = o.width / n
-    for i in range(n):
-        cv.rect(x0 + i * ww + 0.1 * ww, b - 0.85 * h, x0 + (i + 0.9) * ww, b - 0.5 * h,
-                (40, 50, 62), cls, glow=(255, 230, 170))
-    cv.rect(x0 + 0.05 * o.width, b - 0.97 * h, x0 + 0.3 * o.width, b - 0.88 * h, (250, 150, 30),
-            cls, glow=(255, 170, 40))
-    for wx in (0.18, 0.82):
-        cv.ellipse(x0 + wx * o.width, b - 0.05 * s, 0.055 * s, 0.055 * s, (20, 20, 20), cls)
-
-
-def _plant(rng, sc):
-    s = sc.s
-    return 0.1 * s, {"ground": rng.uniform(0.03, 0.05) * s,
-                     "pot": _pick(rng, [(170, 95, 60), (150, 150, 145)]),
-                     "leaf": _jit(rng, (55, 125, 50), 10),
-                     "blobs": [(rng.uniform(-0.02, 0.02) * s, rng.uniform(0.035, 0.045) * s)
-                               for _ in range(3)]}
-
-
-def _draw_plant(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["plant"]
-    cx, g = o.x0 + 0.05 * s, sc.yb * s + p["ground"]
-    ph = 0.05 * s
-    yy, xx = np.ogrid[0 : math.ceil(ph), 0 : math.ceil(0.06 * s)]
-    ins = 0.01 * s * (yy + 0.5) / ph
-    pot = (xx + 0.5 >= ins) & (xx + 0.5 <= 0.06 * s - ins)
-    cv.paint(round(cx - 0.03 * s), round(g - ph), pot, p["pot"], cls)
-    for i, (dx, r) in enumerate(p["blobs"]):
-        cv.ellipse(cx + dx + (i - 1) * 0.02 * s, g - ph - 0.7 * r - 0.01 * s * (i == 1), r, r,
-                   p["leaf"], cls)
-
-
-def _column(rng, sc):
-    s = sc.s
-    n = int(rng.integers(3, 5))
-    return (n - 1) * 0.09 * s + 0.065 * s, {"n": n, "h": rng.uniform(0.3, 0.38) * s,
-                                           "color": _jit(rng, (226, 220, 205), 6)}
-
-
-def _draw_column(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["column"]
-    base = sc.yb * s
-    top = base - p["h"]
-    shade = tuple(int(v * 0.8) for v in p["color"])
-    for i in range(p["n"]):
-        x = o.x0 + i * 0.09 * s
-        cv.rect(x + 0.01 * s, top, x + 0.055 * s, base, p["color"], cls)
-        for f in (0.025, 0.04):
-            cv.rect(x + f * s, top + 0.02 * s, x + f * s + max(1, 0.004 * s), base - 0.02 * s,
-                    shade, cls)
-        cv.rect(x, top, x + 0.065 * s, top + 0.02 * s, p["color"], cls)
-        cv.rect(x, base - 0.02 * s, x + 0.065 * s, base, p["color"], cls)
-    cv.rect(o.x0 - 0.01 * s, top - 0.03 * s, o.x0 + o.width + 0.01 * s, top, shade, cls)
-
-
-def _clock(rng, sc):
-    s = sc.s
-    return 0.15 * s, {"y": rng.uniform(0.25, 0.35) * s, "r": rng.uniform(0.06, 0.07) * s,
-                      "a": rng.uniform(0, 2 * np.pi, 2)}
-
-
-def _draw_clock(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["clock"]
-    cx, cy, r = o.x0 + 0.075 * s, p["y"], p["r"]
-    pw = max(1.0, 0.018 * s)
-    cv.rect(cx - pw / 2, cy, cx + pw / 2, sc.ys * s - 0.005 * s, (30, 70, 50), cls)
-    cv.ellipse(cx, cy, r, r, (30, 70, 50), cls)
-    cv.ellipse(cx, cy, 0.85 * r, 0.85 * r, (245, 245, 235), cls, glow=(255, 250, 225))
-    for a, k in zip(p["a"], (0.5, 0.75), strict=True):
-        cv.segment(cx, cy, cx + k * r * np.cos(a), cy + k * r * np.sin(a), max(0.5, 0.006 * s),
-                   (20, 20, 20), cls)
-
-
-def _bridge(rng, sc):
-    return float(sc.width), {"y": rng.uniform(0.12, 0.22) * sc.s,
-                             "color": _jit(rng, (120, 115, 110), 8)}
-
-
-def _draw_bridge(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["bridge"]
-    y = p["y"]
-    cv.rect(0, y, sc.width, y + 0.05 * s, p["color"], cls)
-    cv.rect(0, y + 0.04 * s, sc.width, y + 0.05 * s, tuple(int(v * 0.6) for v in p["color"]), cls)
-    cv.rect(0, y - 0.035 * s, sc.width, y - 0.028 * s, p["color"], cls)
-    for bx in np.arange(0, sc.width, 0.025 * s):
-        cv.rect(bx, y - 0.035 * s, bx + max(1, 0.008 * s), y, p["color"], cls)
-
-
-def _ashcan(rng, sc):
-    s = sc.s
-    return rng.uniform(0.06, 0.075) * s, {
-        "h": rng.uniform(0.1, 0.12) * s, "ground": rng.uniform(0.03, 0.05) * s,
-        "color": _jit(rng, _pick(rng, [(40, 100, 60), (70, 70, 75), (40, 80, 160)]), 8)}
-
-
-def _draw_ashcan(cv, sc, o: _Planted):
-    s, p = sc.s, o.params
-    cls = C["ashcan"]
-    g = sc.yb * s + p["ground"]
-    x0, x1 = o.x0, o.x0 + o.width
-    cv.rect(x0, g - p["h"], x1, g, p["color"], cls)
-    dark = tuple(int(v * 0.6) for v in p["color"])
-    cv.rect(x0 - 0.006 * s, g - p["h"] - 0.015 * s, x1 + 0.006 * s, g - p["h"], dark, cls)
-    cv.rect(x0 + 0.3 * o.width, g - 0.8 * p["h"], x1 - 0.3 * o.width, g - 0.7 * p["h"],
-            (20, 20, 20), cls)
-
-
-@dataclass(frozen=True)
-class _Kind:
-    sample: Callable
-    draw: Callable
-    per_view: int  # instances guaranteed fully inside every view
-    layer: int  # 0 facade/behind, 1 street level (kept apart from each other), 2 road
-    extra: float = 0.0  # mean number of further instances per view
-
-
-_KINDS: dict[str, _Kind] = {
-    "signboard": _Kind(_signboard, _draw_signboard, 2, 0, 0.3),
-    "fence": _Kind(_fence, _draw_fence, 1, 1),
-    "skyscraper": _Kind(_skyscraper, _draw_skyscraper, 1, 0, 0.2),
-    "tree": _Kind(_tree, _draw_tree, 1, 1, 0.5),
-    "awning": _Kind(_awning, _draw_awning, 3, 0),
-    "streetlight": _Kind(_streetlight, _draw_streetlight, 3, 1),
-    "traffic light": _Kind(_traffic_light, _draw_traffic_light, 3, 1),
-    "flag": _Kind(_flag, _draw_flag, 2, 1),
-    "palm": _Kind(_palm, _draw_palm, 2, 1),
-    "bench": _Kind(_bench, _draw_bench, 2, 1),
-    "bus": _Kind(_bus, _draw_bus, 1, 2),
-    "plant": _Kind(_plant, _draw_plant, 3, 1),
-    "column": _Kind(_column, _draw_column, 1, 0),
-    "clock": _Kind(_clock, _draw_clock, 2, 1),
-    "bridge": _Kind(_bridge, _draw_bridge, 1, 0),
-    "ashcan": _Kind(_ashcan, _draw_ashcan, 4, 1),
-}
 assert all(name in ADE20K_INDEX for name in _KINDS)
 assert {n for pair in PLANTED_PAIRS for n in pair} == set(_KINDS)
 
@@ -781,36 +543,6 @@ def view_offsets(config: SynthConfig) -> list[int]:
     if v == 1:
         return [span // 2]
     return [round(i * span / (v - 1)) for i in range(v)]
-
-
-def _place_planted(rng, sc: _Scene, kinds: list[str], offsets: list[int]) -> list[_Planted]:
-    """Instances of each planted kind so that every view fully contains ``per_view`` of them."""
-    s = sc.s
-    placed: list[_Planted] = []
-    street: list[tuple[float, float]] = []
-    for kind in kinds:
-        spec = _KINDS[kind]
-        if kind == "bridge":
-            w, params = spec.sample(rng, sc)
-            placed.append(_Planted(kind, w, params, 0.0))
-            continue
-        mine: list[_Planted] = []
-        for off in offsets:
-            need = spec.per_view - sum(off <= o.x0 and o.x0 + o.width <= off + s for o in mine)
-            need += rng.poisson(spec.extra) if spec.extra else 0
-            for _ in range(max(need, 0)):
-                w, params = spec.sample(rng, sc)
-                lo, hi = off + 0.02 * s, off + 0.98 * s - w
-                x0 = rng.uniform(lo, max(lo, hi))
-                if spec.layer >= 1:
-                    for _try in range(12):
-                        if not any(x0 < b and a < x0 + w for a, b in street):
-                            break
-                        x0 = rng.uniform(lo, max(lo, hi))
-                    street.append((x0, x0 + w))
-                mine.append(_Planted(kind, w, params, x0))
-        placed.extend(mine)
-    return placed
 
 
 # --------------------------------------------------------------------------- rendering
@@ -826,7 +558,7 @@ def planted_kinds(config: SynthConfig, city: str, spot: int) -> list[str]:
     kinds = discriminative_objects(config)[city]
     if config.planted_presence >= 1.0:
         return list(kinds)
-    rng = _rng(config.seed, city, spot, _STREAM_PRESENCE)
+    rng = _rng(config.seed, "", spot, _STREAM_PRESENCE)  # the same in every city
     while True:
         keep = [k for k in kinds if rng.random() < config.planted_presence]
         if keep:
@@ -844,26 +576,17 @@ def _render_spot(config: SynthConfig, city: str, spot: int) -> _Canvas:
     cv = _Canvas(s, width)
     _draw_shared_back(cv, sc, rng_s)
     people = _sample_people(rng_s, sc)
-    kinds = planted_kinds(config, city, spot)
-    planted = _place_planted(rng_p, sc, kinds, view_offsets(config))
-    by_layer = sorted(planted, key=lambda o: (_KINDS[o.kind].layer, kinds.index(o.kind)))
+    planted = _place_planted(rng_p, sc, planted_kinds(config, city, spot), view_offsets(config))
     mid = (sc.yb + sc.ys) / 2 * s
-    drawn_people = False
-    for o in by_layer:
-        layer = _KINDS[o.kind].layer
-        if layer >= 1 and not drawn_people:
-            for p in people:
-                if p[1] < mid:
-                    _draw_person(cv, p)
-            drawn_people = True
-        if o.kind == "skyscraper":
-            _draw_skyscraper(cv, sc, o, rng_p)
-        else:
-            _KINDS[o.kind].draw(cv, sc, o)
-    if not drawn_people:
-        for p in people:
-            if p[1] < mid:
-                _draw_person(cv, p)
+    for o in planted:
+        if o.slot == _FACADE:
+            _draw_planted(cv, o, rng_p)
+    for p in people:
+        if p[1] < mid:
+            _draw_person(cv, p)
+    for o in planted:
+        if o.slot == _STREET:
+            _draw_planted(cv, o, rng_p)
     _draw_shared_front(cv, sc, rng_s, people)
     return cv
 

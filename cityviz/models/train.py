@@ -67,6 +67,7 @@ class TrainResult:
     model: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    best_epoch: int = 0  # 1-based epoch whose weights ``model`` holds
 
 
 def train_step(
@@ -125,6 +126,7 @@ def train_model(
     lr_gamma: float = 0.1,
     pretrained: bool = False,
     augment: bool = True,
+    keep_best: bool = True,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> TrainResult:
@@ -132,6 +134,9 @@ def train_model(
 
     ``augment`` adds random horizontal flips: label-preserving for street scenes, and a help
     to small training sets (the paper does not say whether it augmented).
+    ``keep_best`` returns the weights of the epoch with the best validation accuracy (the
+    latest on ties) instead of the last epoch's: with short schedules and small batches, batch
+    norm models swing by several points from one epoch to the next.
     """
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -142,6 +147,7 @@ def train_model(
     y_all = torch.from_numpy(np.array(train_labels, dtype=np.int64))
     result = TrainResult(model=model)
     t0 = time.perf_counter()
+    best_acc, best_state = -1.0, None
     n = len(train_images)
     bar = tqdm(
         total=epochs * n,
@@ -175,8 +181,15 @@ def train_model(
             "lr": optimizer.param_groups[0]["lr"],
         }
         result.history.append(epoch_stats)
+        if keep_best and len(val_images) and val_acc >= best_acc:
+            best_acc, result.best_epoch = val_acc, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{epoch_stats['loss']:.3f}", val=f"{val_acc:.3f}")
     bar.close()
+    if best_state is not None and result.best_epoch != epochs:
+        model.load_state_dict(best_state)
+    else:
+        result.best_epoch = epochs
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result
