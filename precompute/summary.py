@@ -88,15 +88,21 @@ def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str
                 lines.append(f"  {mid:<14}{city:<18}{objs}")
         disc = m["dataset"].get("discriminative")
         if disc:
-            lines += ["", "Known answer (synthetic set): planted objects above every shared one?"]
+            lines += [
+                "",
+                "Known answer (synthetic set): planted objects above every shared one?",
+                "  (a coarse Grad-CAM map blurs objects into their neighbours: see README, Limits)",
+            ]
             for mid in cache.model_ids:
                 ka = known_answer(rpc[rpc["model_id"] == mid], disc)
                 verdict = "PASS" if all(v["ok"] for v in ka.values()) else "FAIL"
+                h, w = cache.cams(mid).shape[1:]
                 detail = "; ".join(
                     f"{c}: planted ≥ {v['min_planted']:.2f} vs shared ≤ {v['max_shared']:.2f}"
+                    f" ({v['max_shared_object']})"
                     for c, v in ka.items()
                 )
-                lines.append(f"  {mid:<14}{verdict}  {detail}")
+                lines.append(f"  {mid:<14}{verdict}  {f'{h}×{w} map':<9}  {detail}")
     elif not m.get("segmenter"):
         lines += ["", "No segmenter configured: object statistics were skipped."]
     lines += [

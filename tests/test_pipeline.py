@@ -87,6 +87,10 @@ def test_second_run_reuses_everything(smoke, capsys):
     assert ckpt.stat().st_mtime_ns == before
     out = capsys.readouterr().out
     assert "simple_s0" in out and "Average residual AR" in out
+    # the known-answer lines name each model's Grad-CAM resolution (64 px: Simple 8×8, ResNet 2×2)
+    ka = out.split("Known answer")[1].splitlines()
+    assert any(line.split()[:1] == ["simple_s0"] and "8×8 map" in line for line in ka)
+    assert any(line.split()[:1] == ["resnet18_s0"] and "2×2 map" in line for line in ka)
 
 
 def test_a_different_config_is_refused(smoke, caplog):
