@@ -432,9 +432,9 @@ def _accent(pattern: str, h: int, w: int, s: int, rng: np.random.Generator) -> n
         return frame | glyph
     if pattern == "vbars":
         return ((px % pitch) < 0.4 * pitch) | (yy < 0.12)
-    if pattern == "grid":
-        return ((px % pitch) > 0.25 * pitch) & ((py % pitch) > 0.25 * pitch) & ((px % pitch) < 0.75
-                                                                                 * pitch)
+    if pattern == "grid":  # windows: the middle half of each cell across, its lower 3/4 down
+        cx, cy = px % pitch, py % pitch
+        return (cx > 0.25 * pitch) & (cx < 0.75 * pitch) & (cy > 0.25 * pitch)
     if pattern == "leaves":
         spots = rng.random((h // 2 + 1, w // 2 + 1)) < 0.35
         return spots.repeat(2, 0)[:h].repeat(2, 1)[:, :w] | ((yy > 0.75) & (np.abs(xx - 0.5) < 0.1))
