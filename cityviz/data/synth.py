@@ -31,7 +31,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -193,18 +193,6 @@ class _Canvas:
         m = ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1.0
         self.paint(x0, y0, m, color, cls, glow)
 
-    def segment(self, xa: float, ya: float, xb: float, yb: float, r: float, color, cls: int):
-        """A thick line: every pixel centre within ``r`` of the segment."""
-        r = max(r, 0.5)
-        x0, y0 = math.floor(min(xa, xb) - r), math.floor(min(ya, yb) - r)
-        x1, y1 = math.ceil(max(xa, xb) + r), math.ceil(max(ya, yb) + r)
-        yy, xx = np.ogrid[y0:y1, x0:x1]
-        px, py = xx + 0.5 - xa, yy + 0.5 - ya
-        dx, dy = xb - xa, yb - ya
-        t = np.clip((px * dx + py * dy) / max(dx * dx + dy * dy, 1e-9), 0.0, 1.0)
-        m = (px - t * dx) ** 2 + (py - t * dy) ** 2 <= r * r
-        self.paint(x0, y0, m, color, cls)
-
     def grid(self, x0, y0, x1, y1, cell, frac, color, cls, lit_p=0.0, glow=None, rng=None):
         """Windows: a ``cell``-pitch grid of rectangles covering ``frac`` of each cell side."""
         xa, xb = max(0, round(x0)), min(self.w, round(x1))
@@ -252,13 +240,6 @@ class _Scene:
     width: int  # panorama width
     yb: float  # building baseline = back edge of the sidewalk
     ys: float  # curb = front edge of the sidewalk
-    buildings: list[tuple[float, float, float]] = field(default_factory=list)  # x0, x1, top
-
-    def facade_top(self, x: float) -> float | None:
-        for x0, x1, top in self.buildings:
-            if x0 <= x < x1:
-                return top
-        return None
 
 
 def _draw_shared_back(cv: _Canvas, sc: _Scene, rng: np.random.Generator) -> None:
@@ -295,7 +276,6 @@ def _draw_shared_back(cv: _Canvas, sc: _Scene, rng: np.random.Generator) -> None
         dx = x + rng.uniform(0.1, 0.8) * w
         cv.rect(dx, sc.yb * s - 0.09 * s, dx + 0.05 * s, sc.yb * s, _jit(rng, (60, 50, 45), 8),
                 C["building"])
-        sc.buildings.append((x, x + w, top_y))
         if rng.random() < 0.25:
             wx0 = x + rng.uniform(0, 0.5) * w
             wx1 = min(x + w, wx0 + rng.uniform(0.3, 0.8) * w)
