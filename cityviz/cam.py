@@ -35,6 +35,8 @@ from torch import nn
 from cityviz.models.archs import normalize, split_model
 
 METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
+                "layercam": "LayerCAM"}  # fmt: skip
 
 DEFAULT_THRESHOLD = 0.5
 """Mask value at or above which a pixel belongs to the visual explanation.
@@ -137,7 +139,11 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def mask_norm(cams: torch.Tensor | np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Raw CAMs [B,h,w] → normalised masks [B,H,W] float32 in [0, 1] at the input size.
+    """Raw CAMs [B,h,w] → normalised masks [B,H,W] float32 in [0, 1] at ``size``.
+
+    The pipeline asks for the cache's image size, which is the model input size unless a model
+    was given its own (``--input-size``): all models' masks then share the label maps' grid, so
+    R_p^c and AR compare like with like.
 
     Definition (used by every module that reads a mask):
 

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from cityviz import cam
 from cityviz.store import Cache, CacheError
 from cityviz.ui import overview as uo
 from cityviz.ui.compare import claim_sentence, fmt_num
@@ -87,6 +88,12 @@ def _open_cache(cache: Cache) -> None:
             )
         else:
             st.markdown("Segmenter: **none configured** — object statistics are not available.")
+        config = m.get("config", {})
+        method = config.get("cam_method", "gradcam")
+        st.markdown(
+            f"Masks: **{cam.METHOD_NAMES.get(method, method)}** on each model's last convolutional "
+            f"block; explanation threshold {config.get('threshold', cam.DEFAULT_THRESHOLD):g}."
+        )
 
 
 def _findings(cache: Cache, mtime: float) -> None:

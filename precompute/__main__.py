@@ -22,6 +22,17 @@ def _csv(s: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in s.split(",") if x.strip())
 
 
+def _sizes(s: str) -> dict[str, int]:
+    """``resnet18=192,vgg11=128`` → ``{"resnet18": 192, "vgg11": 128}``."""
+    out = {}
+    for item in _csv(s):
+        arch, sep, size = item.partition("=")
+        if not sep or not size.strip().isdigit() or int(size) < 16:
+            raise argparse.ArgumentTypeError(f"expected ARCH=PIXELS (16 or more), got {item!r}")
+        out[arch.strip()] = int(size)
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m precompute",
@@ -55,7 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=lambda s: tuple(int(x) for x in _csv(s)), help="e.g. 0,1")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=int, help="cache resolution and default model input")
+    p.add_argument(
+        "--input-size",
+        type=_sizes,
+        metavar="ARCH=PIXELS,...",
+        help="model input size per architecture, e.g. resnet18=192 (default: --image-size)",
+    )
     p.add_argument("--lr", type=float)
     p.add_argument(
         "--pretrained",
@@ -82,6 +99,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "image_size": args.image_size,
+        "input_sizes": {**cfg.input_sizes, **args.input_size} if args.input_size else None,
         "lr": args.lr,
         "pretrained": args.pretrained,
         "segmenter": args.segmenter,
@@ -110,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("unknown stage(s) %s; stages are %s", unknown, ", ".join(STAGES))
         return 2
     # imported late so that --help is instant
-    from cityviz.models.archs import WeightsUnavailable
+    from cityviz.models.archs import WeightsUnavailable, list_archs
     from cityviz.models.train import resolve_device
     from cityviz.segment import SegmenterUnavailable
     from cityviz.store import Cache, CacheError, CacheStore
@@ -118,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     from precompute.summary import format_summary
 
     cfg = build_config(args)
+    bad = sorted(set(cfg.input_sizes) - set(list_archs()))
+    if bad:
+        log.error("--input-size names unknown architecture(s) %s; known: %s", bad, list_archs())
+        return 2
     cache_dir = Path(args.cache or f"cache/{args.profile}")
     if args.fresh and cache_dir.exists():
         shutil.rmtree(cache_dir)

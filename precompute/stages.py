@@ -66,8 +66,13 @@ class Context:
     def images(self) -> pd.DataFrame:
         return self.store.read_table("images.parquet")
 
-    def inputs(self, split: str) -> np.ndarray:
-        return self.store.load_array(f"inputs/{split}.npy")
+    def input_sizes(self) -> list[int]:
+        """Every size images are decoded at: the cache's, then the models' other sizes."""
+        sizes = [self.size, *(self.cfg.input_size(a) for a in self.cfg.archs)]
+        return list(dict.fromkeys(sizes))
+
+    def inputs(self, split: str, size: int | None = None) -> np.ndarray:
+        return self.store.load_array(inputs_rel(split, size or self.size, self.size))
 
     def n_test(self) -> int:
         return len(self.inputs("test"))
@@ -79,6 +84,11 @@ class Context:
 
     def models(self) -> list[dict]:
         return list(self.store.manifest.get("models", []))
+
+
+def inputs_rel(split: str, size: int, cache_size: int) -> str:
+    """Where a split's decoded images live: ``inputs/test.npy`` at the cache's own size."""
+    return f"inputs/{split}.npy" if size == cache_size else f"inputs/{split}_{size}px.npy"
 
 
 def _test_delay() -> None:
@@ -98,7 +108,7 @@ def resolve_dataset(cfg: RunConfig, data_dir: Path, progress: bool) -> CityDatas
             cities=tuple(cfg.synth_cities),
             spots_per_city=cfg.synth_spots_per_city,
             views_per_spot=cfg.synth_views_per_spot,
-            size=cfg.image_size,
+            size=cfg.render_size,
             seed=cfg.synth_seed,
         )
         key = hashlib.sha256(json.dumps(sc.__dict__, sort_keys=True, default=list).encode())
@@ -133,7 +143,7 @@ def dataset_info(cfg: RunConfig, ds: CityDataset) -> dict:
 
 
 def stage_data(ctx: Context) -> None:
-    """Split by spot (6:2:2 per city) and decode every image once at the model input size."""
+    """Split by spot (6:2:2 per city) and decode every image once per size that a stage reads."""
     cfg, store = ctx.cfg, ctx.store
     df = ctx.dataset.to_frame()
     if cfg.max_images_per_city:
@@ -153,19 +163,21 @@ def stage_data(ctx: Context) -> None:
     df["row"] = np.where(df["split"] == "test", df["split_row"], -1)
     df["path"] = df["path"].astype(str)
     df["label_path"] = df["label_path"].astype("string")
-    for split in SPLITS:
-        if store.unit_done("data", split):
-            continue
-        paths = df.loc[df["split"] == split].sort_values("split_row")["path"].tolist()
-        arr = np.zeros((len(paths), ctx.size, ctx.size, 3), np.uint8)
-        bar = ctx.bar(len(paths), f"decode {split}")
-        for start in range(0, len(paths), 256):
-            batch = paths[start : start + 256]
-            arr[start : start + len(batch)] = load_uint8_batch(batch, ctx.size)
-            bar.update(len(batch))
-        bar.close()
-        store.save_array(f"inputs/{split}.npy", arr)
-        store.mark_unit_done("data", split)
+    for size in ctx.input_sizes():
+        for split in SPLITS:
+            rel = inputs_rel(split, size, ctx.size)
+            if store.unit_done("data", rel):
+                continue
+            paths = df.loc[df["split"] == split].sort_values("split_row")["path"].tolist()
+            arr = np.zeros((len(paths), size, size, 3), np.uint8)
+            bar = ctx.bar(len(paths), f"decode {split} {size} px")
+            for start in range(0, len(paths), 256):
+                batch = paths[start : start + 256]
+                arr[start : start + len(batch)] = load_uint8_batch(batch, size)
+                bar.update(len(batch))
+            bar.close()
+            store.save_array(rel, arr)
+            store.mark_unit_done("data", rel)
     counts = df.groupby(["city", "split"]).size().unstack(fill_value=0)
     split_counts = {c: {s: int(counts.loc[c].get(s, 0)) for s in SPLITS} for c in counts.index}
     store.save_table("images.parquet", df)
@@ -189,6 +201,7 @@ def stage_train(ctx: Context) -> None:
     for arch in cfg.archs:
         get_arch(arch)  # fail early on a typo
     for arch in cfg.archs:
+        size = cfg.input_size(arch)
         for seed in cfg.seeds:
             mid = model_id(arch, seed)
             if store.unit_done("train", mid) and mid in models:
@@ -196,9 +209,9 @@ def stage_train(ctx: Context) -> None:
             result = train_model(
                 arch,
                 seed,
-                ctx.inputs("train"),
+                ctx.inputs("train", size),
                 labels["train"],
-                ctx.inputs("val"),
+                ctx.inputs("val", size),
                 labels["val"],
                 len(cities),
                 epochs=cfg.epochs,
@@ -212,14 +225,14 @@ def stage_train(ctx: Context) -> None:
             )
             acc, cms = {}, {}
             for split in SPLITS:
-                pred = predict(result.model, arch, ctx.inputs(split), ctx.device).argmax(1)
+                pred = predict(result.model, arch, ctx.inputs(split, size), ctx.device).argmax(1)
                 acc[split] = float((pred == labels[split]).mean()) if len(pred) else float("nan")
                 cms[split] = confusion(labels[split], pred, len(cities)).tolist()
             meta = {
                 "arch": arch,
                 "seed": seed,
                 "classes": list(cities),
-                "input_size": ctx.size,
+                "input_size": size,
                 "epochs": cfg.epochs,
                 "lr": cfg.lr,
                 "batch_size": cfg.batch_size,
@@ -237,7 +250,7 @@ def stage_train(ctx: Context) -> None:
                 "arch": arch,
                 "seed": seed,
                 "display": f"{get_arch(arch).display} · seed {seed}",
-                "input_size": ctx.size,
+                "input_size": size,
                 "test_accuracy": acc["test"],
                 "val_accuracy": acc["val"],
                 "train_accuracy": acc["train"],
@@ -253,7 +266,6 @@ def stage_train(ctx: Context) -> None:
 def stage_cams(ctx: Context) -> None:
     """Grad-CAM maps and predictions for every test image and model, shard by shard."""
     cfg, store = ctx.cfg, ctx.store
-    test = ctx.inputs("test")
     df = ctx.images()
     truth = df[df["row"] >= 0].sort_values("row")["city_idx"].to_numpy()
     shards = list(ctx.shards())
@@ -261,6 +273,7 @@ def stage_cams(ctx: Context) -> None:
         mid = m["model_id"]
         model, meta = load_checkpoint(store.path(m["checkpoint"]), ctx.device)
         explainer = cam.Explainer(model, meta["arch"], ctx.device)
+        test = ctx.inputs("test", int(meta["input_size"]))
         bar = ctx.bar(ctx.n_test(), f"cams {mid}")
         for k, sl in shards:
             unit = f"{mid}:{k}"

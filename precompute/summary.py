@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from cityviz.cam import METHOD_NAMES
 from cityviz.store import Cache
 
 
@@ -14,9 +15,12 @@ def known_answer(rpc: pd.DataFrame, discriminative: dict[str, list[str]]) -> dic
 
     ``rpc`` is one model's R_p^c table (rows kept by the min-pixel filter are compared; planted
     objects are compared whether kept or not, since a planted object must never be filtered out).
+    Cities without planted objects (a control city) have nothing to check and are left out.
     """
     out = {}
     for city, planted in discriminative.items():
+        if not planted:
+            continue
         t = rpc[rpc["city"] == city]
         p = t[t["object"].isin(planted)]
         all_planted = [o for objs in discriminative.values() for o in objs]
@@ -38,10 +42,11 @@ def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str
     m = cache.manifest
     lines = [f"cityviz cache: {cache.root}", ""]
     lines.append("Models (accuracy on the spot-grouped splits)")
-    lines.append(f"  {'model':<14}{'train':>8}{'val':>8}{'test':>8}{'train s':>9}")
+    lines.append(f"  {'model':<14}{'input':>7}{'train':>8}{'val':>8}{'test':>8}{'train s':>9}")
     for mod in cache.models:
+        size = mod.get("input_size") or cache.image_size
         lines.append(
-            f"  {mod['model_id']:<14}{100 * mod['train_accuracy']:>7.1f}%"
+            f"  {mod['model_id']:<14}{f'{size} px':>7}{100 * mod['train_accuracy']:>7.1f}%"
             f"{100 * mod['val_accuracy']:>7.1f}%{100 * mod['test_accuracy']:>7.1f}%"
             f"{mod.get('train_seconds', 0):>9.0f}"
         )
@@ -87,10 +92,12 @@ def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str
                 )
                 lines.append(f"  {mid:<14}{city:<18}{objs}")
         disc = m["dataset"].get("discriminative")
+        method = m["config"].get("cam_method", "gradcam")
         if disc:
             lines += [
                 "",
-                "Known answer (synthetic set): planted objects above every shared one?",
+                f"Known answer (synthetic set, {METHOD_NAMES.get(method, method)}): "
+                "planted objects above every shared one?",
                 "  (a coarse Grad-CAM map blurs objects into their neighbours: see README, Limits)",
             ]
             for mid in cache.model_ids:

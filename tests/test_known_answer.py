@@ -1,13 +1,15 @@
-"""Known answer: on synthetic cities, Grad-CAM of VGG11 and ResNet18 lands on the planted objects.
+"""Known answer: on synthetic cities, VGG11 and ResNet18 explanations land on the planted objects.
 
-A small set of the synthetic default (two cities, 224 px as the generator renders them, 30 spots
-per city) goes through the real pipeline (train, CAMs, segmentation from the set's own labels,
-statistics) and every city's planted objects must rank above every shared object by R_p^c at the
-default threshold: the end-to-end check that masks, labels and eq. 1 line up.
+A small synthetic set with the demo's settings (96 px cache, VGG11 fed 128 px and ResNet18 192 px,
+3 epochs, Grad-CAM++) goes through the real pipeline (train, CAMs, segmentation from the set's own
+labels, statistics), and every city's planted objects must rank above every shared object by
+R_p^c at the default threshold: the end-to-end check that masks, labels and eq. 1 line up.
 
-At 224 px the Grad-CAM layers are 14×14 (VGG11) and 7×7 (ResNet18). The 96 px demo cannot show
-this for every model (ResNet18's map is 3×3 there; README, Limits), so its summary prints the
-check per model instead.
+The set adds a ``control`` city without planted objects to tokyo-like and pittsburgh-like (30
+spots each). With two cities a network may learn one city's cues and call the rest the other
+city, and then nothing can show that other city's cues (README, Limits); with the control city
+both must be learnt, and the check has margins of 0.24 or more instead of a few hundredths.
+``make demo`` prints the same check for all its models on its two-city set.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ pytestmark = pytest.mark.slow
 def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("known")
     args = [
-        "--profile", "demo", "--image-size", "224", "--spots-per-city", "30",
+        "--profile", "demo", "--cities", "tokyo-like,pittsburgh-like,control",
+        "--spots-per-city", "30",
         "--archs", "vgg11,resnet18", "--seeds", "0",
         "--stages", "data,train,cams,segment,stats",
         "--cache", str(base / "cache"), "--data-dir", str(base / "data"), "--no-progress", "-q",
@@ -35,15 +38,19 @@ def trained(tmp_path_factory):
 
 
 def test_models_learn_the_synthetic_cities(trained):
-    # 48 test images: one image is 2 points (the demo's 90 % goal is measured on 128, README)
+    # 72 test images of 3 cities (chance: 33 %); the demo's 90 % goal is measured on its 96 (README)
     for m in trained.models:
-        assert m["test_accuracy"] >= 0.85, m
+        assert m["test_accuracy"] >= 0.75, m
 
 
 @pytest.mark.parametrize("model_id", ["vgg11_s0", "resnet18_s0"])
 def test_planted_objects_rank_above_every_shared_object(trained, model_id):
     disc = trained.manifest["dataset"]["discriminative"]
-    assert disc == {"tokyo-like": ["signboard", "fence"], "pittsburgh-like": ["skyscraper", "tree"]}
+    assert disc == {
+        "tokyo-like": ["signboard", "fence"],
+        "pittsburgh-like": ["skyscraper", "tree"],
+        "control": [],
+    }
     rpc = trained.rpc()
     result = known_answer(rpc[rpc["model_id"] == model_id], disc)
     assert set(result) == {"tokyo-like", "pittsburgh-like"}

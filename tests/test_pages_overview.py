@@ -107,6 +107,7 @@ def test_overview_shows_cache_models_and_findings(fake_cache_dir):
     assert models["model"].tolist() == ["Simple · seed 0", "ResNet18 · seed 0"]
     text = text_of(at)
     assert "synthetic annotations" in text
+    assert "Masks: **Grad-CAM** on each model's last convolutional block" in text
     assert "In **tokyo-like** the networks look most at" in text
     assert "signboard** (planted)" in text or "awning** (planted)" in text
     assert "cannot be tested" in text  # one seed only: no same-architecture pairs

@@ -72,6 +72,11 @@ def test_every_stage_writes_its_outputs(smoke):
     ar = cache.ar()
     assert len(ar) == n and ar["ar"].between(0, 1).all()
     assert len(cache.labels()) == n and cache.class_names()[2] == "sky"
+    # ResNet18 sees 96 px inputs (its own decoded copy); masks and labels stay at the cache's 64
+    assert cache.model("resnet18_s0")["input_size"] == 96 and cache.image_size == 64
+    assert np.load(smoke[0] / "inputs/test_96px.npy", mmap_mode="r").shape == (n, 96, 96, 3)
+    assert cache.cams("resnet18_s0").shape[1:] == (3, 3)
+    assert cache.masks("resnet18_s0", [0]).shape == (1, 64, 64)
     thumbs = m["thumbs"]
     assert thumbs["kinds"][0] == "orig" and cache.thumb_sheet("orig", 0).exists()
     assert cache.thumb_sheet("resnet18_s0/expl", 0).exists()
@@ -87,10 +92,13 @@ def test_second_run_reuses_everything(smoke, capsys):
     assert ckpt.stat().st_mtime_ns == before
     out = capsys.readouterr().out
     assert "simple_s0" in out and "Average residual AR" in out
-    # the known-answer lines name each model's Grad-CAM resolution (64 px: Simple 8×8, ResNet 2×2)
+    models = out.split("Models")[1].split("Average residual")[0].splitlines()
+    assert any(line.split()[:3] == ["resnet18_s0", "96", "px"] for line in models)
+    # the known-answer lines name each model's Grad-CAM resolution (Simple at 64 px: 8×8,
+    # ResNet18 at 96 px: 3×3)
     ka = out.split("Known answer")[1].splitlines()
     assert any(line.split()[:1] == ["simple_s0"] and "8×8 map" in line for line in ka)
-    assert any(line.split()[:1] == ["resnet18_s0"] and "2×2 map" in line for line in ka)
+    assert any(line.split()[:1] == ["resnet18_s0"] and "3×3 map" in line for line in ka)
 
 
 def test_a_different_config_is_refused(smoke, caplog):
@@ -150,3 +158,18 @@ def test_known_answer_check():
     assert not res["b"]["ok"] and res["b"]["max_shared_object"] == "sky"
     # a planted object missing from the table fails, it is never silently skipped
     assert not known_answer(rpc, {"a": ["sign", "awning"]})["a"]["ok"]
+    # a control city (no planted objects) has nothing to check
+    assert set(known_answer(rpc, {"a": ["sign", "fence"], "b": []})) == {"a"}
+
+
+def test_input_size_flag_merges_with_the_profile_and_rejects_bad_values(tmp_path, caplog):
+    from precompute.__main__ import build_config, parse_args
+
+    cfg = build_config(parse_args(["--profile", "smoke", "--input-size", "simple=80"]))
+    assert cfg.input_sizes == {"resnet18": 96, "simple": 80}
+    assert (cfg.input_size("simple"), cfg.input_size("vgg11"), cfg.render_size) == (80, 64, 96)
+    for bad in ("resnet18:192", "resnet18=0", "resnet18=big"):
+        with pytest.raises(SystemExit):
+            parse_args(["--input-size", bad])
+    assert main(_args(tmp_path / "c", tmp_path / "d", "--input-size", "resnet19=96")) == 2
+    assert "unknown architecture" in caplog.text and not (tmp_path / "c").exists()

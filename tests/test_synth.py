@@ -61,7 +61,7 @@ def test_layout_and_metadata(small_set: Path):
     assert meta["discriminative"] == {"tokyo-like": ["signboard", "fence"],
                                       "pittsburgh-like": ["skyscraper", "tree"]}
     assert meta["shared"] == list(SHARED_OBJECTS)
-    assert meta["generator_version"] == synth.GENERATOR_VERSION == 3
+    assert meta["generator_version"] == synth.GENERATOR_VERSION == 4
     assert not [p for p in small_set.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
@@ -169,8 +169,8 @@ def test_planted_objects_in_every_image_of_their_city_only(eight_cities):
     disc = discriminative_objects(cfg)
     for city, frac in fractions.items():
         mine = [ADE20K_INDEX[n] for n in disc[city]]
-        # every image shows a whole facade slot and a whole street slot of its city's cues
-        assert frac[:, mine].sum(1).min() >= 0.05, city
+        # every image shows at least one whole slot (≥ 0.2 × 0.2 of the view) of its city's cues
+        assert frac[:, mine].sum(1).min() >= 0.035, city
         for name in ALL_PLANTED:
             share = frac[:, ADE20K_INDEX[name]]
             if name in disc[city]:
@@ -178,6 +178,36 @@ def test_planted_objects_in_every_image_of_their_city_only(eight_cities):
                 assert 0.02 <= present.mean() <= 0.2, (city, name, present.mean())
             else:
                 assert share.max() == 0.0, (city, name)
+
+
+def test_planted_objects_stay_clear_of_the_sidewalk(eight_cities):
+    """Slots sit on the upper wall, at least 0.1 of the view above the sidewalk.
+
+    Small shared objects (people, poles, grass, low walls) stand on the sidewalk; a panel next to
+    them would lend them its Grad-CAM attention on a coarse map (generator v3 had such slots).
+    """
+    cfg, _ = eight_cities
+    planted = [ADE20K_INDEX[n] for n in ALL_PLANTED]
+    for city in cfg.cities:
+        for spot in range(cfg.spots_per_city):
+            for view in range(cfg.views_per_spot):
+                lab = render_scene(cfg, city, spot, view)[1]
+                rows = np.flatnonzero(np.isin(lab, planted).any(1))
+                sidewalk_top = np.flatnonzero((lab == ADE20K_INDEX["sidewalk"]).any(1)).min()
+                assert rows.max() < sidewalk_top - 0.1 * cfg.size, (city, spot, view)
+
+
+def test_control_city_has_no_planted_objects_and_the_same_street():
+    cfg = SynthConfig(cities=("tokyo-like", "control"), spots_per_city=6, views_per_spot=2, size=48)
+    assert discriminative_objects(cfg) == {"tokyo-like": ["signboard", "fence"], "control": []}
+    planted = [ADE20K_INDEX[n] for n in ALL_PLANTED]
+    fractions = _label_fractions(cfg)
+    assert fractions["control"][:, planted].sum() == 0
+    assert fractions["tokyo-like"][:, planted].sum(1).min() > 0
+    # its empty slots show the wall behind: more building, the rest of the street alike
+    for name in ("road", "sidewalk", "car"):
+        i = ADE20K_INDEX[name]
+        assert abs(fractions["control"][:, i].mean() - fractions["tokyo-like"][:, i].mean()) < 0.03
 
 
 def test_each_spot_shows_a_subset_of_cues_so_every_cue_is_needed():

@@ -6,8 +6,10 @@ same distribution of sky, buildings, road, cars, people... and owns a pair of *d
 objects (tokyo-like: signboard + fence; pittsburgh-like: skyscraper + tree; further cities take
 further pairs), drawn as textured panels in slots whose geometry is the same in every city, so
 that they hide the same shared pixels everywhere and their look is the only signal. A spot shows
-a random non-empty subset of its city's pair, in every view. The label maps use ADE20K indices,
-so the planted answer can be checked end to end.
+a random non-empty subset of its city's pair, in every view. A city named ``control`` owns no
+objects and its slots stay empty: with it in the set, a city with planted objects can no longer be
+recognised by what it lacks (with only two cities, "no skyscraper or tree" is enough to say
+tokyo-like). The label maps use ADE20K indices, so the planted answer can be checked end to end.
 
 Randomness: a spot's layout comes from ``SeedSequence((seed, city, spot, stream))`` and each
 view's nuisances (time of day, colour jitter, noise) from ``(seed, city, spot, view)``, so an
@@ -40,7 +42,7 @@ from cityviz.data.ade20k import ADE20K_CLASSES, ADE20K_INDEX
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 DEFAULT_CITIES: tuple[str, ...] = ("tokyo-like", "pittsburgh-like")
 SHARED_OBJECTS: tuple[str, ...] = (
     "sky", "building", "road", "sidewalk", "car", "person", "pole", "grass", "wall",
@@ -56,6 +58,7 @@ PLANTED_PAIRS: tuple[tuple[str, str], ...] = (
     ("bridge", "ashcan"),
 )
 _CITY_PAIR = {"tokyo-like": 0, "pittsburgh-like": 1}
+CONTROL_CITY = "control"  # a city with no planted objects (see the module docstring)
 _CITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PANORAMA_VIEWS = 3  # panorama width in view widths
 TIMES_OF_DAY = ("day", "sunset", "night")
@@ -105,11 +108,15 @@ def default_city_names(n: int) -> tuple[str, ...]:
 
 
 def discriminative_objects(config: SynthConfig) -> dict[str, list[str]]:
-    """The planted object names of each city (tokyo-like and pittsburgh-like keep their pairs)."""
+    """The planted object names of each city (tokyo-like and pittsburgh-like keep their pairs,
+    ``control`` has none)."""
     taken = {_CITY_PAIR[c] for c in config.cities if c in _CITY_PAIR}
     free = iter(i for i in range(len(PLANTED_PAIRS)) if i not in taken)
     out: dict[str, list[str]] = {}
     for city in config.cities:
+        if city == CONTROL_CITY:
+            out[city] = []
+            continue
         idx = _CITY_PAIR[city] if city in _CITY_PAIR else next(free)
         out[city] = list(PLANTED_PAIRS[idx])
     return out
@@ -264,7 +271,7 @@ def _draw_shared_back(cv: _Canvas, sc: _Scene, rng: np.random.Generator) -> None
             x += rng.uniform(0.04, 0.12) * s
             continue
         w = rng.uniform(0.2, 0.45) * s
-        top_y = rng.uniform(0.1, 0.42) * s
+        top_y = rng.uniform(0.06, 0.2) * s
         col = _jit(rng, _pick(rng, facades), 8)
         cv.rect(x, top_y, x + w, sc.yb * s, col, C["building"])
         cv.rect(x, top_y, x + w, top_y + max(1, 0.015 * s), _jit(rng, (70, 70, 72), 6),
@@ -326,7 +333,7 @@ def _draw_shared_front(cv: _Canvas, sc: _Scene, rng: np.random.Generator, people
     s, W = sc.s, sc.width
     for _ in range(rng.poisson(2.5)):
         px = rng.uniform(0, W)
-        cv.rect(px, rng.uniform(0.15, 0.35) * s, px + max(1, 0.012 * s), sc.ys * s - 0.005 * s,
+        cv.rect(px, rng.uniform(0.45, 0.52) * s, px + max(1, 0.012 * s), sc.ys * s - 0.005 * s,
                 _jit(rng, (110, 110, 115), 6), C["pole"])
     mid = (sc.yb + sc.ys) / 2 * s
     for p in people:
@@ -352,16 +359,14 @@ def _draw_shared_front(cv: _Canvas, sc: _Scene, rng: np.random.Generator, people
 
 # --------------------------------------------------------------------------- planted objects
 #
-# Planted objects are opaque, textured panels in two kinds of *slot*: a "facade" slot high on
-# the street wall (it may rise above the roofline) and a "street" slot standing on the sidewalk.
-# Every view has at least one slot of each type, every slot holds one of the spot's cues, and
-# the slots' geometry is drawn the same way in every city, so a planted object hides the same
-# shared pixels (sky, building, sidewalk...) whichever city it belongs to. Only the panel's look
-# tells the city; "how much sky is visible" tells nothing. (Generator v2 drew free-form objects:
-# skyscrapers hid sky in one city only, and Grad-CAM rightly found empty sky discriminative for
-# the others.)
-
-_FACADE, _STREET = 0, 1
+# Planted objects are opaque, textured panels in *slots* high on the street wall. Every view has
+# at least one slot, every slot holds one of the spot's cues, and slot geometry is drawn the same
+# way in every city, so a planted object hides the same shared pixels (building, sometimes sky)
+# whichever city it belongs to. Only the panel's look tells the city; "how much sky is visible"
+# tells nothing. (Generator v2 drew free-form objects: skyscrapers hid sky in one city only, and
+# Grad-CAM rightly found empty sky discriminative for the others.) Slots stay well above the
+# sidewalk, where people, poles, low walls and grass stand: v3 also had slots on the sidewalk,
+# and a coarse Grad-CAM map then gave those small shared objects the panels' attention.
 
 
 @dataclass(frozen=True)
@@ -449,7 +454,6 @@ def _accent(pattern: str, h: int, w: int, s: int, rng: np.random.Generator) -> n
 @dataclass
 class _Planted:
     kind: str
-    slot: int
     x0: float
     y0: float
     x1: float
@@ -458,46 +462,42 @@ class _Planted:
     accent: tuple[int, int, int]
 
 
-def _slot(rng: np.random.Generator, sc: _Scene, slot: int, lo: float, hi: float):
-    """One slot rectangle with its left edge in [lo, hi - width] (pixels)."""
+def _slot(rng: np.random.Generator, sc: _Scene, lo: float, hi: float):
+    """One slot rectangle on the upper street wall, left edge in [lo, hi - width] (pixels)."""
     s = sc.s
-    if slot == _FACADE:
-        w, h = rng.uniform(0.2, 0.28) * s, rng.uniform(0.2, 0.3) * s
-        y0 = rng.uniform(0.18, 0.3) * s
-        y1 = min(y0 + h, sc.yb * s - 0.04 * s)
-    else:
-        w, h = rng.uniform(0.24, 0.34) * s, rng.uniform(0.14, 0.2) * s
-        y1 = rng.uniform(sc.yb + 0.015, sc.ys - 0.01) * s
-        y0 = y1 - h
+    w, h = rng.uniform(0.2, 0.28) * s, rng.uniform(0.2, 0.28) * s
+    y0 = rng.uniform(0.14, 0.24) * s
+    y1 = min(y0 + h, sc.yb * s - 0.12 * s)
     x0 = rng.uniform(lo, max(lo, hi - w))
     return x0, y0, x0 + w, y1
 
 
 def _place_planted(rng, sc: _Scene, kinds: list[str], offsets: list[int]) -> list[_Planted]:
-    """Fill slots so that every view fully contains at least one slot of each type.
+    """Fill slots so that every view fully contains at least one.
 
     Every slot is filled, each with one of ``kinds`` (the spot's cues) at random, and slots are
-    drawn the same way in every city. So where one city's cue could be, another city shows its
-    own: a network that recognises a city by what it lacks still looks at planted objects.
+    drawn the same way in every city, so where one city's cue could be, another city shows its
+    own. A city without kinds (``control``) gets no panels.
     """
     s = sc.s
     placed: list[_Planted] = []
-    for slot in (_FACADE, _STREET):
-        taken: list[tuple[float, float]] = []
-        for off in offsets:
-            inside = sum(off <= a and b <= off + s for a, b in taken)
-            for _ in range(max(1 - inside, 0) + int(rng.poisson(0.3))):
-                x0, y0, x1, y1 = _slot(rng, sc, slot, off + 0.02 * s, off + 0.98 * s)
-                for _try in range(12):
-                    if not any(x0 < b and a < x1 for a, b in taken):
-                        break
-                    x0, y0, x1, y1 = _slot(rng, sc, slot, off + 0.02 * s, off + 0.98 * s)
-                taken.append((x0, x1))
-                kind = _pick(rng, kinds)
-                look = _KINDS[kind]
-                base = _jit(rng, _pick(rng, look.base), 10)
-                accent = _jit(rng, _pick(rng, look.accent), 6)
-                placed.append(_Planted(kind, slot, x0, y0, x1, y1, base, accent))
+    if not kinds:
+        return placed
+    taken: list[tuple[float, float]] = []
+    for off in offsets:
+        inside = sum(off <= a and b <= off + s for a, b in taken)
+        for _ in range(max(1 - inside, 0) + int(rng.poisson(0.4))):
+            x0, y0, x1, y1 = _slot(rng, sc, off + 0.02 * s, off + 0.98 * s)
+            for _try in range(12):
+                if not any(x0 < b and a < x1 for a, b in taken):
+                    break
+                x0, y0, x1, y1 = _slot(rng, sc, off + 0.02 * s, off + 0.98 * s)
+            taken.append((x0, x1))
+            kind = _pick(rng, kinds)
+            look = _KINDS[kind]
+            base = _jit(rng, _pick(rng, look.base), 10)
+            accent = _jit(rng, _pick(rng, look.accent), 6)
+            placed.append(_Planted(kind, x0, y0, x1, y1, base, accent))
     return placed
 
 
@@ -536,7 +536,7 @@ def planted_kinds(config: SynthConfig, city: str, spot: int) -> list[str]:
     a city instead of the easiest one, so each planted object has to earn its R_p^c.
     """
     kinds = discriminative_objects(config)[city]
-    if config.planted_presence >= 1.0:
+    if not kinds or config.planted_presence >= 1.0:
         return list(kinds)
     rng = _rng(config.seed, "", spot, _STREAM_PRESENCE)  # the same in every city
     while True:
@@ -557,16 +557,12 @@ def _render_spot(config: SynthConfig, city: str, spot: int) -> _Canvas:
     _draw_shared_back(cv, sc, rng_s)
     people = _sample_people(rng_s, sc)
     planted = _place_planted(rng_p, sc, planted_kinds(config, city, spot), view_offsets(config))
+    for o in planted:
+        _draw_planted(cv, o, rng_p)
     mid = (sc.yb + sc.ys) / 2 * s
-    for o in planted:
-        if o.slot == _FACADE:
-            _draw_planted(cv, o, rng_p)
     for p in people:
-        if p[1] < mid:
+        if p[1] < mid:  # the back half of the sidewalk: behind poles and the front people
             _draw_person(cv, p)
-    for o in planted:
-        if o.slot == _STREET:
-            _draw_planted(cv, o, rng_p)
     _draw_shared_front(cv, sc, rng_s, people)
     return cv
 
