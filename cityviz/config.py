@@ -72,9 +72,14 @@ class RunConfig:
         return int(self.input_sizes.get(arch, self.image_size))
 
     @property
+    def decode_sizes(self) -> list[int]:
+        """Every size images are decoded at: the cache's own, then the models' other sizes."""
+        return list(dict.fromkeys([self.image_size, *(self.input_size(a) for a in self.archs)]))
+
+    @property
     def render_size(self) -> int:
         """The largest size any stage decodes: synthetic images are rendered at it."""
-        return max([self.image_size, *(self.input_size(a) for a in self.archs)])
+        return max(self.decode_sizes)
 
     @property
     def model_ids(self) -> list[str]:

@@ -66,11 +66,6 @@ class Context:
     def images(self) -> pd.DataFrame:
         return self.store.read_table("images.parquet")
 
-    def input_sizes(self) -> list[int]:
-        """Every size images are decoded at: the cache's, then the models' other sizes."""
-        sizes = [self.size, *(self.cfg.input_size(a) for a in self.cfg.archs)]
-        return list(dict.fromkeys(sizes))
-
     def inputs(self, split: str, size: int | None = None) -> np.ndarray:
         return self.store.load_array(inputs_rel(split, size or self.size, self.size))
 
@@ -163,7 +158,7 @@ def stage_data(ctx: Context) -> None:
     df["row"] = np.where(df["split"] == "test", df["split_row"], -1)
     df["path"] = df["path"].astype(str)
     df["label_path"] = df["label_path"].astype("string")
-    for size in ctx.input_sizes():
+    for size in cfg.decode_sizes:
         for split in SPLITS:
             rel = inputs_rel(split, size, ctx.size)
             if store.unit_done("data", rel):

@@ -168,6 +168,7 @@ def test_input_size_flag_merges_with_the_profile_and_rejects_bad_values(tmp_path
     cfg = build_config(parse_args(["--profile", "smoke", "--input-size", "simple=80"]))
     assert cfg.input_sizes == {"resnet18": 96, "simple": 80}
     assert (cfg.input_size("simple"), cfg.input_size("vgg11"), cfg.render_size) == (80, 64, 96)
+    assert cfg.decode_sizes == [64, 80, 96]  # the cache's size first, each size once
     for bad in ("resnet18:192", "resnet18=0", "resnet18=big"):
         with pytest.raises(SystemExit):
             parse_args(["--input-size", bad])
