@@ -92,7 +92,12 @@ def test_hovering_a_point_shows_its_thumbnails(page, app_url):
         assert resp.ok and resp.headers["content-type"] == "image/jpeg"
     caption = frame.locator("#cv-tip-caption").inner_text()
     assert "tokyo-like" in caption or "pittsburgh-like" in caption
-    assert frame.evaluate("window.cityviz.lastHover.row") == row
+    # the hover record is written on the animation frame after the thumbnails load (it times the
+    # paint), so wait for it rather than read it at once: under load that frame can come late
+    frame.wait_for_function(
+        f"() => window.cityviz.lastHover !== null && window.cityviz.lastHover.row === {row}",
+        timeout=15_000,
+    )
     screenshot(page, "map-hover")
 
 
