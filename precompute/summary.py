@@ -92,8 +92,8 @@ def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str
                 )
                 lines.append(f"  {mid:<14}{city:<18}{objs}")
         disc = m["dataset"].get("discriminative")
-        method = m["config"].get("cam_method", "gradcam")
         if disc:
+            method = m["config"].get("cam_method", "gradcam")
             lines += [
                 "",
                 f"Known answer (synthetic set, {METHOD_NAMES.get(method, method)}): "
