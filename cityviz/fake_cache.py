@@ -267,11 +267,9 @@ def make_fake_cache(
     pool_city = np.arange(n_pool) % n_cities
     pool_img = np.empty((n_pool, image_size, image_size, 3), dtype=np.uint8)
     pool_lab = np.empty((n_pool, image_size, image_size), dtype=np.uint8)
-    img_dir = root / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
+    img_dir = root / "inputs" / "photos"  # inside a folder the cache format owns
     for p in range(n_pool):
         pool_img[p], pool_lab[p] = render(int(pool_city[p]), p // n_cities, rng)
-        Image.fromarray(pool_img[p]).save(img_dir / f"pool_{p:04d}.png")
 
     n_test = min(n_images, max(n_cities, round(n_images * test_fraction)))
     n_val = (n_images - n_test) // 4
@@ -310,6 +308,9 @@ def make_fake_cache(
         "split_counts": split_counts,
     }
     store.init(_config(image_size, archs, seeds), dataset)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for p in range(n_pool):
+        Image.fromarray(pool_img[p]).save(img_dir / f"pool_{p:04d}.png")
     store.save_table("images.parquet", images)
 
     class_names = list(ADE20K_CLASSES)

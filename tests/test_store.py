@@ -37,14 +37,15 @@ def test_atomic_path_never_leaves_a_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 
 
-def test_init_then_reopen_and_refuse_a_stale_cache(tmp_path):
+def test_init_then_reopen_reports_changed_settings_and_refuses_another_data_set(tmp_path):
     store = CacheStore(tmp_path / "c")
-    store.init(CONFIG, DATASET)
+    assert store.init(CONFIG, DATASET) == []
     assert read_manifest(tmp_path / "c")["format_version"] == FORMAT_VERSION
-    CacheStore(tmp_path / "c").init(CONFIG, DATASET)  # same inputs: fine
-    with pytest.raises(CacheError, match="another configuration"):
-        CacheStore(tmp_path / "c").init({**CONFIG, "image_size": 96}, DATASET)
-    with pytest.raises(CacheError, match="another configuration"):
+    assert CacheStore(tmp_path / "c").init(CONFIG, DATASET) == []  # same inputs: fine
+    # another setting: accepted, and named (the stages that depend on it are redone)
+    assert CacheStore(tmp_path / "c").init({**CONFIG, "image_size": 96}, DATASET) == ["image_size"]
+    assert read_manifest(tmp_path / "c")["config"]["image_size"] == 96
+    with pytest.raises(CacheError, match="another data set"):
         CacheStore(tmp_path / "c").init(CONFIG, {**DATASET, "fingerprint": "xyz"})
 
 
@@ -64,18 +65,22 @@ def test_manifest_errors_are_clear(tmp_path):
         Cache(tmp_path)
 
 
-def test_units_and_stages_survive_a_reopen(tmp_path):
+def test_units_and_stages_survive_a_reopen_and_carry_their_identity(tmp_path):
     store = CacheStore(tmp_path)
     store.init(CONFIG, DATASET)
-    store.mark_unit_done("cams", "m:0")
-    store.mark_unit_done("cams", "m:0")
+    store.mark_unit_done("cams", "m:0", "id1")
+    store.mark_unit_done("cams", "m:0", "id1")
     again = CacheStore(tmp_path)
-    assert again.unit_done("cams", "m:0") and not again.unit_done("cams", "m:1")
-    assert again.stage("cams")["done"] == ["m:0"] and not again.stage_done("cams")
-    again.finish_stage("cams", 1.234)
-    assert CacheStore(tmp_path).stage_done("cams")
+    assert again.unit_done("cams", "m:0", "id1") and not again.unit_done("cams", "m:1", "id1")
+    assert not again.unit_done("cams", "m:0", "id2")  # made with other settings: redo
+    assert again.stage("cams")["units"] == {"m:0": "id1"} and not again.stage_done("cams")
+    again.finish_stage("cams", 1.234, "stage-id")
+    assert CacheStore(tmp_path).stage_done("cams", "stage-id")
+    assert not CacheStore(tmp_path).stage_done("cams", "other-id")
+    again.reopen_stage("cams")
+    assert not again.stage_done("cams") and again.unit_done("cams", "m:0", "id1")
     again.reset_stage("cams")
-    assert not CacheStore(tmp_path).unit_done("cams", "m:0")
+    assert not CacheStore(tmp_path).unit_done("cams", "m:0", "id1")
 
 
 def test_tables_and_arrays_read_back_without_cityviz(tmp_path):
