@@ -31,7 +31,7 @@ from cityviz.data.datasets import CityDataset, grouped_split, load_dataset, load
 from cityviz.models.archs import get_arch
 from cityviz.models.checkpoint import load_checkpoint, save_checkpoint
 from cityviz.models.train import confusion, predict, train_model
-from cityviz.segment import segmenter_from_spec
+from cityviz.segment import AnnotationSegmenter, Segmenter, segmenter_from_spec
 from cityviz.store import (
     THUMBS_PER_ROW,
     THUMBS_PER_SHEET,
@@ -42,6 +42,7 @@ from cityviz.store import (
     save_arrays,
     thumb_sheet_rel,
 )
+from precompute.identity import Identities, digest
 
 log = logging.getLogger("precompute")
 SPLITS = ("train", "val", "test")
@@ -55,6 +56,49 @@ class Context:
     device: torch.device
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    ids: Identities | None = None
+    # the segmenter built (and so checked) before any training; None: build it in its stage
+    segmenter: Segmenter | None = None
+    segmenter_checked: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ids is None:
+            self.ids = Identities(self.cfg, self.store.manifest["dataset"]["fingerprint"])
+
+    def done(self, stage: str, unit: str) -> bool:
+        """Whether ``unit`` of ``stage`` is finished with the current settings."""
+        return self.store.unit_done(stage, unit, self.ids.unit(stage, unit))
+
+    def mark(self, stage: str, unit: str) -> None:
+        """Record ``unit`` of ``stage`` as finished with the current settings (and where the run
+        is, for a dashboard opened early)."""
+        progress = self.store.manifest.get("progress")
+        if isinstance(progress, dict) and progress.get("stage") == stage:
+            done = progress["units_done"] = progress.get("units_done", 0) + 1
+            progress["now_done"] = progress.get("now_done", 0) + 1
+            elapsed = time.time() - progress.get("started", time.time())
+            left = max(0, progress.get("units_total", done) - done)
+            progress["eta_seconds"] = round(elapsed / progress["now_done"] * left, 1)
+        self.store.mark_unit_done(stage, unit, self.ids.unit(stage, unit))
+
+    def units_total(self, stage: str) -> int:
+        """How many units ``stage`` has for this run (for progress reports)."""
+        n_models = len(self.cfg.model_ids)
+        n_shards = -(-sum(self.store.manifest["dataset"].get("split_counts", {}).get(c, {}).get(
+            "test", 0) for c in self.dataset.cities) // self.cfg.shard_size)  # fmt: skip
+        return {
+            "data": 3 * len(self.cfg.decode_sizes),
+            "train": n_models,
+            "cams": n_models * max(n_shards, 1),
+            "segment": max(n_shards, 1),
+            "stats": max(n_shards, 1),
+            "embed": n_models,
+            "thumbs": max(1, -(-n_shards * self.cfg.shard_size // THUMBS_PER_SHEET)),
+        }.get(stage, 1)
+
+    def units_done(self, stage: str) -> int:
+        units = self.store.stage(stage)["units"]
+        return sum(1 for u, ident in units.items() if ident == self.ids.unit(stage, u))
 
     @property
     def size(self) -> int:
@@ -98,19 +142,48 @@ def _test_delay() -> None:
 
 
 def resolve_dataset(cfg: RunConfig, data_dir: Path, progress: bool) -> CityDataset:
+    """The run's images: the synthetic set (rendered once into ``data_dir``) or the user's."""
     if cfg.data == "synthetic":
-        sc = synth.SynthConfig(
-            cities=tuple(cfg.synth_cities),
-            spots_per_city=cfg.synth_spots_per_city,
-            views_per_spot=cfg.synth_views_per_spot,
-            size=cfg.render_size,
-            seed=cfg.synth_seed,
-        )
+        scene = synth_scene(cfg)
+        # a render of the same scenes at a larger size serves too: dropping a model that needed
+        # the larger input must not re-render (and so change) the data set
+        size = max([cfg.render_size, *_rendered_sizes(data_dir, scene)])
+        sc = synth.SynthConfig(**scene, size=size)
         key = hashlib.sha256(json.dumps(sc.__dict__, sort_keys=True, default=list).encode())
         out = data_dir / f"synthetic-{key.hexdigest()[:10]}"
         synth.generate(out, sc, progress=progress)
-        return load_dataset(out, check_images=False)
-    return load_dataset(cfg.data, progress=progress)
+        ds = load_dataset(out, check_images=False)
+        ds.scene_fingerprint = digest([scene, synth.GENERATOR_VERSION])
+        return ds
+    return load_dataset(cfg.data, progress=progress, spot_radius_m=cfg.spot_radius_m)
+
+
+def synth_scene(cfg: RunConfig) -> dict:
+    """What the synthetic set shows, whatever the size it is rendered at."""
+    return {
+        "cities": tuple(cfg.synth_cities),
+        "spots_per_city": cfg.synth_spots_per_city,
+        "views_per_spot": cfg.synth_views_per_spot,
+        "seed": cfg.synth_seed,
+    }
+
+
+def _rendered_sizes(data_dir: Path, scene: dict) -> list[int]:
+    """Sizes at which complete renders of ``scene`` already exist under ``data_dir``."""
+    sizes = []
+    for meta_path in Path(data_dir).glob("synthetic-*/synth.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+            conf = dict(meta["config"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        size = conf.pop("size", None)
+        ok = meta.get("generator_version") == synth.GENERATOR_VERSION
+        want = {k: list(v) if isinstance(v, tuple) else v for k, v in scene.items()}
+        same = all(conf.get(k) == v for k, v in want.items())
+        if ok and same and isinstance(size, int) and (meta_path.parent / "manifest.csv").is_file():
+            sizes.append(size)
+    return sizes
 
 
 def dataset_info(cfg: RunConfig, ds: CityDataset) -> dict:
@@ -122,7 +195,9 @@ def dataset_info(cfg: RunConfig, ds: CityDataset) -> dict:
     return {
         "source": str(ds.root),
         "kind": kind,
-        "fingerprint": ds.fingerprint(),
+        # the synthetic set is identified by its scenes, not by the size they were rendered at
+        "fingerprint": getattr(ds, "scene_fingerprint", None) or ds.fingerprint(),
+        "spot_sources": dict(getattr(ds, "spot_sources", {}) or {}),
         "n_images": len(ds),
         "cities": list(ds.cities),
         "discriminative": ds.discriminative,
@@ -138,7 +213,8 @@ def dataset_info(cfg: RunConfig, ds: CityDataset) -> dict:
 
 
 def stage_data(ctx: Context) -> None:
-    """Split by spot (6:2:2 per city) and decode every image once per size that a stage reads."""
+    """Split by spot (``split_ratios`` per city, 6:2:2 by default) and decode every image once per
+    size that a stage reads."""
     cfg, store = ctx.cfg, ctx.store
     df = ctx.dataset.to_frame()
     if cfg.max_images_per_city:
@@ -149,7 +225,10 @@ def stage_data(ctx: Context) -> None:
             .reset_index(drop=True)
         )
     df["split"] = grouped_split(
-        df["spot"].tolist(), seed=cfg.split_seed, strata=df["city"].tolist()
+        df["spot"].tolist(),
+        ratios=tuple(cfg.split_ratios),
+        seed=cfg.split_seed,
+        strata=df["city"].tolist(),
     )
     df["split_row"] = -1
     for split in SPLITS:
@@ -161,7 +240,7 @@ def stage_data(ctx: Context) -> None:
     for size in cfg.decode_sizes:
         for split in SPLITS:
             rel = inputs_rel(split, size, ctx.size)
-            if store.unit_done("data", rel):
+            if ctx.done("data", rel):
                 continue
             paths = df.loc[df["split"] == split].sort_values("split_row")["path"].tolist()
             arr = np.zeros((len(paths), size, size, 3), np.uint8)
@@ -172,7 +251,7 @@ def stage_data(ctx: Context) -> None:
                 bar.update(len(batch))
             bar.close()
             store.save_array(rel, arr)
-            store.mark_unit_done("data", rel)
+            ctx.mark("data", rel)
     counts = df.groupby(["city", "split"]).size().unstack(fill_value=0)
     split_counts = {c: {s: int(counts.loc[c].get(s, 0)) for s in SPLITS} for c in counts.index}
     store.save_table("images.parquet", df)
@@ -181,7 +260,9 @@ def stage_data(ctx: Context) -> None:
         if not (df["split"] == split).any():
             raise ValueError(
                 f"The {split} split is empty: the data set has too few spots per city for a "
-                "6:2:2 split. Add images (or spots) per city."
+                f"{':'.join(f'{r:g}' for r in cfg.split_ratios)} split, or one spot holds most "
+                "of a city's photos (photos within --spot-radius metres of each other share a "
+                "spot). Add images (or spots) per city, or lower --spot-radius."
             )
 
 
@@ -199,7 +280,7 @@ def stage_train(ctx: Context) -> None:
         size = cfg.input_size(arch)
         for seed in cfg.seeds:
             mid = model_id(arch, seed)
-            if store.unit_done("train", mid) and mid in models:
+            if ctx.done("train", mid) and mid in models:
                 continue
             result = train_model(
                 arch,
@@ -215,6 +296,7 @@ def stage_train(ctx: Context) -> None:
                 lr_step=cfg.lr_step,
                 lr_gamma=cfg.lr_gamma,
                 pretrained=cfg.pretrained,
+                precision=cfg.precision,
                 device=ctx.device,
                 progress=ctx.progress,
             )
@@ -232,6 +314,7 @@ def stage_train(ctx: Context) -> None:
                 "lr": cfg.lr,
                 "batch_size": cfg.batch_size,
                 "pretrained": cfg.pretrained,
+                "precision": cfg.precision,
                 "accuracy": acc,
                 "confusion": cms,
                 "history": result.history,
@@ -253,9 +336,11 @@ def stage_train(ctx: Context) -> None:
                 "train_seconds": round(result.seconds, 2),
             }
             store.manifest["models"] = [models[m] for m in cfg.model_ids if m in models]
-            store.mark_unit_done("train", mid)
+            ctx.mark("train", mid)
             log.info("%s: test accuracy %.2f%% (%.0f s)", mid, 100 * acc["test"], result.seconds)
             _test_delay()
+    # models dropped from --archs/--seeds leave the manifest (their files stay until --fresh)
+    store.manifest["models"] = [models[m] for m in cfg.model_ids if m in models]
 
 
 def stage_cams(ctx: Context) -> None:
@@ -272,7 +357,7 @@ def stage_cams(ctx: Context) -> None:
         bar = ctx.bar(ctx.n_test(), f"cams {mid}")
         for k, sl in shards:
             unit = f"{mid}:{k}"
-            if not store.unit_done("cams", unit):
+            if not ctx.done("cams", unit):
                 parts_cams, parts_probs, parts_target = [], [], []
                 for start in range(sl.start, sl.stop, cfg.batch_size):
                     stop = min(start + cfg.batch_size, sl.stop)
@@ -291,7 +376,7 @@ def stage_cams(ctx: Context) -> None:
                     probs=np.concatenate(parts_probs),
                     target=np.concatenate(parts_target),
                 )
-                store.mark_unit_done("cams", unit)
+                ctx.mark("cams", unit)
                 _test_delay()
             bar.update(sl.stop - sl.start)
         bar.close()
@@ -314,22 +399,39 @@ def resolve_segmenter_spec(cfg: RunConfig, ds: CityDataset) -> str:
     return "annotations" if any(r.label_path for r in ds.records) else "hf"
 
 
+def build_segmenter(cfg: RunConfig, ds: CityDataset, device: torch.device) -> Segmenter | None:
+    """The configured segmenter, loaded (so a missing model fails here, before training).
+
+    Raises ``SegmenterUnavailable`` (no weights here) or ``ValueError`` (a spec that does not fit
+    this data set, such as ``annotations`` for photos without label maps).
+    """
+    label_paths = {r.image_id: r.label_path for r in ds.records if r.label_path is not None}
+    segmenter = segmenter_from_spec(
+        resolve_segmenter_spec(cfg, ds),
+        label_paths=label_paths,
+        image_paths={r.image_id: r.path for r in ds.records},
+        class_names=ds.class_names,
+        device=str(device),
+        reduce_labels=cfg.reduce_labels,
+    )
+    if isinstance(segmenter, AnnotationSegmenter):
+        segmenter.check_labels()  # every label map fits the class names, before any training
+    return segmenter
+
+
 def stage_segment(ctx: Context) -> None:
     store = ctx.store
     spec = resolve_segmenter_spec(ctx.cfg, ctx.dataset)
     df = ctx.images()
     test_df = df[df["row"] >= 0].sort_values("row")
-    label_paths = {
-        r.image_id: r.label_path for r in ctx.dataset.records if r.label_path is not None
-    }
-    segmenter = segmenter_from_spec(
-        spec,
-        label_paths=label_paths,
-        class_names=ctx.dataset.class_names,
-        device=str(ctx.device),
-    )
+    if ctx.segmenter_checked:
+        segmenter = ctx.segmenter
+    else:
+        segmenter = build_segmenter(ctx.cfg, ctx.dataset, ctx.device)
     if segmenter is None:
         store.manifest["segmenter"] = None
+        for rel in ("labels.npy", "classes.json"):  # a previous segmenter's output is stale now
+            store.path(rel).unlink(missing_ok=True)
         return
     test = ctx.inputs("test")
     ids = test_df["image_id"].tolist()
@@ -337,10 +439,10 @@ def stage_segment(ctx: Context) -> None:
     shards = list(ctx.shards())
     for k, sl in shards:
         unit = f"labels:{k}"
-        if not store.unit_done("segment", unit):
+        if not ctx.done("segment", unit):
             lab = segmenter.segment(np.asarray(test[sl]), ids[sl])
             save_array(store.part_path("segment", f"labels-{k:05d}"), lab)
-            store.mark_unit_done("segment", unit)
+            ctx.mark("segment", unit)
             _test_delay()
         bar.update(sl.stop - sl.start)
     bar.close()
@@ -364,16 +466,20 @@ def stage_stats(ctx: Context) -> None:
     df = ctx.images()
     test_df = df[df["row"] >= 0].sort_values("row")
     ids = test_df["image_id"].to_numpy()
-    has_labels = store.path("labels.npy").exists()
+    has_labels = bool(store.manifest.get("segmenter")) and store.path("labels.npy").exists()
     labels = store.load_array("labels.npy") if has_labels else None
     class_names = store.read_json("classes.json") if has_labels else None
+    if not has_labels:  # statistics of an earlier segmenter would be stale
+        store.path("stats/rpc.parquet").unlink(missing_ok=True)
+        for mid in models:
+            store.path(f"hist/{mid}.parquet").unlink(missing_ok=True)
     cams_of = {mid: store.load_array(f"cams/{mid}.npy") for mid in models}
     pairs = list(combinations(models, 2))
     shards = list(ctx.shards())
     bar = ctx.bar(ctx.n_test(), "stats")
     for k, sl in shards:
         unit = f"shard:{k}"
-        if not store.unit_done("stats", unit):
+        if not ctx.done("stats", unit):
             masks = {mid: cam.mask_norm(np.asarray(cams_of[mid][sl]), ctx.size) for mid in models}
             out: dict[str, np.ndarray] = {}
             for mid in models:
@@ -387,7 +493,7 @@ def stage_stats(ctx: Context) -> None:
             for i, (a, b) in enumerate(pairs):
                 out[f"ar_{i}"] = stats.average_residual(masks[a], masks[b])
             save_arrays(store.part_path("stats", f"shard-{k:05d}", ".npz"), **out)
-            store.mark_unit_done("stats", unit)
+            ctx.mark("stats", unit)
             _test_delay()
         bar.update(sl.stop - sl.start)
     bar.close()
@@ -447,10 +553,11 @@ def stage_embed(ctx: Context) -> None:
     df = ctx.images()
     test_df = df[df["row"] >= 0].sort_values("row")
     ids = test_df["image_id"].to_numpy()
-    class_names = store.read_json("classes.json") if store.path("classes.json").exists() else None
+    has_labels = bool(store.manifest.get("segmenter")) and store.path("classes.json").exists()
+    class_names = store.read_json("classes.json") if has_labels else None
     for m in ctx.models():
         mid = m["model_id"]
-        if store.unit_done("embed", mid):
+        if ctx.done("embed", mid):
             continue
         cams_arr = store.load_array(f"cams/{mid}.npy")
         feats = np.concatenate(
@@ -487,7 +594,7 @@ def stage_embed(ctx: Context) -> None:
             label_of = dict(zip(prof["cluster"], prof["label"], strict=False))
             frame["cluster_label"] = [label_of.get(c) or f"cluster {c}" for c in frame["cluster"]]
         store.save_table(f"embed/{mid}.parquet", frame)
-        store.mark_unit_done("embed", mid)
+        ctx.mark("embed", mid)
         _test_delay()
 
 
@@ -503,7 +610,7 @@ def stage_thumbs(ctx: Context) -> None:
     bar = ctx.bar(n_sheets, "thumbs", unit="sheet")
     for s in range(n_sheets):
         unit = f"sheet:{s}"
-        if not store.unit_done("thumbs", unit):
+        if not ctx.done("thumbs", unit):
             sl = slice(s * THUMBS_PER_SHEET, min((s + 1) * THUMBS_PER_SHEET, n))
             imgs = np.asarray(test[sl])
             tiles = thumbs.render_tiles(imgs, None, "orig", size=cfg.thumb_size)
@@ -516,7 +623,7 @@ def stage_thumbs(ctx: Context) -> None:
                     )
                     path = store.path(thumb_sheet_rel(f"{mid}/{kind}", s))
                     thumbs.write_sheet(path, tiles, THUMBS_PER_ROW)
-            store.mark_unit_done("thumbs", unit)
+            ctx.mark("thumbs", unit)
             _test_delay()
         bar.update(1)
     bar.close()
@@ -540,19 +647,45 @@ STAGE_FUNCS: dict[str, Callable[[Context], None]] = {
 }
 
 
-def run_stages(ctx: Context, stages: list[str], *, force: bool = False) -> None:
-    for name in stages:
-        store = ctx.store
+def run_stages(
+    ctx: Context,
+    stages: list[str],
+    *,
+    force: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> None:
+    """Run ``stages`` in order, each only where its identity (settings and upstream results)
+    changed since it last finished; ``force`` redoes them from scratch. ``on_stage(name)`` is
+    called as each stage starts."""
+    store = ctx.store
+    for i, name in enumerate(stages):
+        if on_stage is not None:
+            on_stage(name)
+        identity = ctx.ids.stage(name)
         if force:
             store.reset_stage(name)
-        elif store.stage_done(name):
+        elif store.stage_done(name, identity):
             log.info("stage %s: already done, reused", name)
             ctx.timings[name] = 0.0
             continue
+        elif store.stage_done(name):
+            log.info("stage %s: settings or inputs changed; redoing what depends on them", name)
+            store.reopen_stage(name)
         t0 = time.perf_counter()
         log.info("stage %s …", name)
+        store.set_progress(
+            stage=name,
+            index=i,
+            n_stages=len(stages),
+            started=time.time(),
+            units_done=ctx.units_done(name),
+            units_total=ctx.units_total(name),
+            eta_seconds=(ctx.store.manifest.get("estimate") or {}).get(name),
+        )
         STAGE_FUNCS[name](ctx)
         seconds = time.perf_counter() - t0
-        store.finish_stage(name, seconds)
+        store.finish_stage(name, seconds, identity)
         ctx.timings[name] = seconds
         log.info("stage %s: done in %.1f s", name, seconds)
+    store.manifest.pop("progress", None)
+    store.save_manifest()

@@ -38,9 +38,54 @@ def known_answer(rpc: pd.DataFrame, discriminative: dict[str, list[str]]) -> dic
     return out
 
 
+def arch_vs_seed_line(d: dict) -> str:
+    """The paper's claim (architecture pairs disagree more than seed pairs), in one line; says
+    why it cannot be tested instead of printing NaNs (one seed, or one architecture)."""
+    values = [d.get(k) for k in ("mean_arch", "mean_seed", "diff", "ci_lo", "ci_hi")]
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        missing = (
+            "seed pairs (train 2 or more --seeds)"
+            if not _finite(d.get("mean_seed"))
+            else ("architecture pairs (train 2 or more --archs)")
+        )
+        return f"  architecture vs seed: untestable here, there are no {missing}"
+    verdict = {True: "holds", False: "does not hold", None: "untestable"}[d.get("claim_holds")]
+    return (
+        "  architecture pairs {:.4f} vs seed pairs {:.4f}: difference {:.4f} [{:.4f}, {:.4f}]"
+        " → paper's claim {}".format(*values, verdict)
+    )
+
+
+def _finite(v) -> bool:
+    return isinstance(v, int | float) and not math.isnan(v)
+
+
+def settings_lines(m: dict) -> list[str]:
+    """Where the run's settings came from: the profile and the flags given (issue 10 goal 3)."""
+    sources = m.get("config_sources") or {}
+    if not sources:
+        return []
+    profiles = sorted({v for v in sources.values() if v.startswith("profile ")})
+    flags = {k: v for k, v in sources.items() if not v.startswith("profile ")}
+    cfg = m["config"]
+    lines = ["Settings: " + (", ".join(profiles) or "defaults")]
+    if flags:
+        lines.append(
+            "  from flags: " + ", ".join(f"{k}={cfg.get(k)!s} ({v})" for k, v in flags.items())
+        )
+    return [*lines, ""]
+
+
 def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str:
     m = cache.manifest
-    lines = [f"cityviz cache: {cache.root}", ""]
+    lines = [f"cityviz cache: {cache.root}", "", *settings_lines(m)]
+    spots = (m["dataset"].get("spot_sources") or {}).get("file", 0)
+    if spots:
+        lines += [
+            f"Warning: {spots} of {m['dataset'].get('n_images')} photos have no spot information: "
+            "each is its own spot, so nearby photos may sit in train and test.",
+            "",
+        ]
     lines.append("Models (accuracy on the spot-grouped splits)")
     lines.append(f"  {'model':<14}{'input':>7}{'train':>8}{'val':>8}{'test':>8}{'train s':>9}")
     for mod in cache.models:
@@ -63,18 +108,7 @@ def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str
             import json
 
             d = json.loads(avs.read_text())
-            lines.append(
-                "  architecture pairs {:.4f} vs seed pairs {:.4f}: difference {:.4f} "
-                "[{:.4f}, {:.4f}] → paper's claim {}".format(
-                    *(
-                        d.get(k, float("nan"))
-                        for k in ("mean_arch", "mean_seed", "diff", "ci_lo", "ci_hi")
-                    ),
-                    {True: "holds", False: "does not hold", None: "untestable"}[
-                        d.get("claim_holds")
-                    ],
-                )
-            )
+            lines.append(arch_vs_seed_line(d))
     if (cache.root / "stats/rpc.parquet").exists():
         rpc = cache.rpc()
         thr = m["config"]["threshold"]

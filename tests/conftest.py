@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from cityviz.fake_cache import make_fake_cache
+from tests.helpers import smoke_args
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,15 @@ def bare_cache_dir(tmp_path_factory) -> Path:
         with_labels=False,
         with_thumbs=False,
     )
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> tuple[Path, Path]:
+    """``(cache, data_dir)`` of one real smoke-profile precompute (2 models, every stage),
+    built once per session. Tests that change it work on :func:`clone_cache` copies."""
+    from precompute.__main__ import main
+
+    base = tmp_path_factory.mktemp("smoke")
+    cache, data = base / "cache", base / "data"
+    assert main(smoke_args(cache, data)) == 0
+    return cache, data

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cityviz.models.archs import build_model, normalize
+from cityviz.models.archs import build_model, normalize, require_eval
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -76,15 +76,36 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     x_uint8: torch.Tensor,
     y: torch.Tensor,
+    precision: str = "fp32",
 ) -> tuple[float, int]:
-    """One optimisation step; returns (summed loss, number correct) for the batch."""
-    logits = model(normalize(x_uint8, arch))
-    loss = nn.functional.cross_entropy(logits, y)
+    """One optimisation step; returns (summed loss, number correct) for the batch.
+
+    Unlike the inference functions, this updates ``model`` in place (its parameters, and in
+    training mode its batch-norm statistics), in whatever mode the caller has put it.
+    ``precision="bf16"`` runs the forward pass under bfloat16 autocast (weights, gradients and the
+    optimiser stay float32); ``"fp32"`` is plain float32.
+    """
+    with autocast(x_uint8.device, precision):
+        logits = model(normalize(x_uint8, arch))
+        loss = nn.functional.cross_entropy(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     correct = int((logits.detach().argmax(1) == y).sum())
     return float(loss.detach()) * len(y), correct
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str):
+    """A ``torch.autocast`` context for ``precision`` on ``device`` (a no-op for ``"fp32"``).
+
+    Raises ``ValueError`` for an unknown precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    enabled = precision == "bf16"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.no_grad()
@@ -95,8 +116,14 @@ def predict(
     device: torch.device,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Class probabilities [N, C] for uint8 images [N, S, S, 3]."""
-    model.eval()
+    """Class probabilities [N, C] float32 (softmax of the logits) for uint8 images [N, S, S, 3].
+
+    ``model`` must be in eval mode and on ``device``; it is never modified, so threads may share
+    it. Raises ``ValueError`` for a model in training mode (see
+    :func:`~cityviz.models.archs.require_eval`: batch norm would otherwise use each batch's
+    statistics and overwrite its running ones, and dropout would make predictions random).
+    """
+    require_eval(model, what="Predicting")
     out = [np.zeros((0, 0), np.float32)]
     for idx in iter_batches(len(images), batch_size):
         logits = model(normalize(to_batch(images[idx], device), arch))
@@ -125,6 +152,7 @@ def train_model(
     lr_step: int = 10,
     lr_gamma: float = 0.1,
     pretrained: bool = False,
+    precision: str = "fp32",
     augment: bool = True,
     keep_best: bool = True,
     device: torch.device | str = "cpu",
@@ -132,6 +160,7 @@ def train_model(
 ) -> TrainResult:
     """Train one model from seed ``seed``; deterministic for a given seed on a given device.
 
+    ``precision``: "fp32" or "bf16" (autocast for the forward pass, see :func:`autocast`).
     ``augment`` adds random horizontal flips: label-preserving for street scenes, and a help
     to small training sets (the paper does not say whether it augmented).
     ``keep_best`` returns the weights of the epoch with the best validation accuracy (the
@@ -164,11 +193,12 @@ def train_model(
             if augment:
                 x = random_hflip(x, rng.random(len(idx)) < 0.5)
             y = y_all[idx].to(device)
-            batch_loss, batch_correct = train_step(model, arch, optimizer, x, y)
+            batch_loss, batch_correct = train_step(model, arch, optimizer, x, y, precision)
             loss_sum += batch_loss
             correct += batch_correct
             bar.update(len(idx))
         scheduler.step()
+        model.eval()  # our own model: validate with running statistics and without dropout
         val_acc = float("nan")
         if len(val_images):
             val_pred = predict(model, arch, val_images, device).argmax(1)
