@@ -4,6 +4,7 @@ and loading from folders / CSV / manifests with bad files skipped and reported."
 from __future__ import annotations
 
 import io
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -30,10 +31,10 @@ from cityviz.data.synth import SynthConfig, generate
 def test_parse_spot_real_names():
     assert parse_spot("@0584334.39@4476910.88@17@T@040.43857@-080.00562@004561@00@@@@@@"
                       "pitch1_yaw1@.jpg") == "pano:004561"
-    # no pano id: UTM rounded to a 5 m grid (584334.39 -> 584335, 4476910.88 -> 4476910)
+    # no pano id: the UTM position itself (to the cm); the loader joins photos within 25 m
     assert parse_spot("queries/@0584334.39@4476910.88@17@T@040.43857@-080.00562@@00@@@@@@"
-                      "pitch1_yaw1@.jpg") == "utm:17T:584335:4476910"
-    assert parse_spot("@0584336.9@4476913.1@17@T@@@@@@@@@@@.jpg") == "utm:17T:584335:4476915"
+                      "pitch1_yaw1@.jpg") == "utm:17T:584334.39:4476910.88"
+    assert parse_spot("@0584336.9@4476913.1@17@T@@@@@@@@@@@.jpg") == "utm:17T:584336.90:4476913.10"
     assert parse_spot("000/000000_pitch1_yaw1.jpg") == "pitts:000000"
     assert parse_spot("000000_pitch2_yaw12.jpg") == "pitts:000000"
     assert parse_spot("003/003417_pitch1_yaw7.jpg") == "pitts:003417"
@@ -104,9 +105,14 @@ def test_grouped_split_without_strata_and_shared_spot_names():
 # --------------------------------------------------------------------------- loading
 
 
-def _jpeg(path: Path, color=(200, 30, 30), size=(40, 30)) -> Path:
+def _jpeg(path: Path, color=None, size=(40, 30)) -> Path:
+    """A small JPEG: plain ``color``, else noise unique to the path (the loader skips copies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path, "JPEG")
+    if color is None:
+        rng = np.random.default_rng(zlib.crc32(str(path).encode()))
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    else:
+        Image.new("RGB", size, color).save(path, "JPEG")
     return path
 
 
@@ -173,10 +179,11 @@ def test_csv_loading(tmp_path: Path):
     assert by_id["img/2"].spot == "file:img/2"
     far = next(r for r in ds.records if r.city == "paris")
     assert far.path == other and far.spot == "p9" and far.image_id.endswith("_elsewhere/3")
-    assert dict(ds.skipped) == {"img/bad.jpg": "not a readable image",
-                                "img/doc.txt": "not an image file type (.txt)",
-                                "img/missing.jpg": "file not found",
-                                "img/2.jpg": "listed more than once"}
+    assert dict(ds.skipped) == {"img/bad.jpg": "not a readable image (list.csv line 5)",
+                                "img/doc.txt": "not an image file type (.txt) (list.csv line 6)",
+                                "img/missing.jpg": "file not found (list.csv line 7)",
+                                "img/2.jpg": "listed more than once (list.csv line 8)"}
+    assert ds.spot_sources["csv"] == 2 and ds.spot_sources["file"] == 1
     assert ds.class_names == ["road", "sidewalk"]
     frame = ds.to_frame()
     assert list(frame.columns) == ["image_id", "path", "city", "city_idx", "spot", "label_path"]

@@ -4,6 +4,7 @@ ImageDecodeError; resize_center_crop keeps labels exact and aligned with their i
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -18,6 +19,7 @@ from cityviz.data.images import (
     ImageDecodeError,
     crop_geometry,
     decode_image,
+    display_path,
     resize_center_crop,
 )
 
@@ -156,6 +158,31 @@ def test_empty_and_missing_files(tmp_path: Path):
     _fails(empty, "empty")
     _fails(tmp_path / "nope.jpg", "does not exist")
     _fails(tmp_path, "folder")
+
+
+def test_display_path_is_printable_text_for_any_name():
+    assert display_path(b"caf\xe9.jpg") == "caf\\xe9.jpg"
+    assert display_path(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"  # surrogate escapes
+    assert display_path("a\nb\tc\u2028.jpg") == "a\\nb\\tc\\u2028.jpg"
+    assert display_path(Path("café/日本 の.png")) == "café/日本 の.png"
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        raw = rng.bytes(int(rng.integers(1, 40)))
+        shown = display_path(raw)
+        shown.encode("utf-8")  # never a lone surrogate
+        assert shown.isprintable() and display_path(os.fsdecode(raw)) == shown
+
+
+def test_odd_paths_fail_with_a_printable_sentence(tmp_path: Path):
+    empty = os.fsencode(tmp_path) + b"/caf\xe9\n.jpg"
+    open(empty, "wb").close()
+    with pytest.raises(ImageDecodeError, match=r"The file caf\\xe9\\n\.jpg is empty") as info:
+        decode_image(os.fsdecode(empty))
+    str(info.value).encode("utf-8")
+    with pytest.raises(ImageDecodeError, match=r"could not be read \(file name too long\)"):
+        decode_image(tmp_path / ("x" * 300 + ".jpg"))
+    with pytest.raises(ImageDecodeError, match="not a valid file name"):
+        decode_image(str(tmp_path / "nul\0.jpg"))
 
 
 def test_bomb_header_rejected_before_decoding(monkeypatch: pytest.MonkeyPatch):

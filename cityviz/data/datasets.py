@@ -2,19 +2,60 @@
 
 A *spot* is one physical place seen from several directions. Splits keep every spot in one
 split only, because with 12-24 views per place a random split leaks places into the test set.
+
+Layouts :func:`load_dataset` reads:
+
+- a CSV ``path,city[,spot][,label_path]`` (UTF-8; relative paths are relative to the CSV), with
+  ``classes.json`` (a JSON list of class names, indexed by the label values) beside the CSV;
+- a folder with ``manifest.csv`` (the same CSV; the synthetic generator writes one);
+- a folder ``root/<city>/**/*.{jpg,jpeg,png,webp}``. Label maps, optional:
+  ``root/_labels/<city>/<same relative path, suffix .png>`` (single-channel class indices, the
+  photo's size), with the class names in ``root/classes.json``. When ``root/_labels`` exists,
+  a photo without its label map is skipped. Folders whose names start with ``.`` or ``_`` are
+  not cities.
+
+What is never fatal: every problem with one file (not an image, unreadable, damaged, a name that
+is not valid UTF-8 or holds a control character such as a newline, too long for the system, a
+broken link) skips that file and records ``(path, reason)`` in :attr:`CityDataset.skipped`,
+shown with :func:`~cityviz.data.images.display_path` so the text is always printable. A city
+folder whose name is not valid UTF-8 skips the whole city, with one reason. Names that cannot be
+encoded as UTF-8 are skipped rather than stored because the cache keeps paths in Parquet and
+JSON, which hold UTF-8 text only.
+
+One file, one record. Symbolic links are followed (a city folder may be a link to the photos
+elsewhere); a folder reached twice within a city (a link loop, or two links to one folder) is
+read once. Files are identified by ``(st_dev, st_ino)``, so a symlink or hard link to a file
+already loaded is the same file: under the same city it is skipped as a duplicate, under two
+cities it is a ``ValueError`` naming both cities (one photo cannot carry two labels; a city
+folder linked to the data root does this). Files of equal size are also compared by content
+(BLAKE2b of the first 64 KiB, then of the whole file when those agree): an identical copy under
+the same city is skipped as a duplicate; identical photos under different cities are all
+skipped, since they cannot tell the cities apart and would leak between splits.
+
+Spots (:data:`SPOT_SOURCES` says where each came from, counted in
+:attr:`CityDataset.spot_sources`): the CSV's ``spot`` column; else the file name (Pittsburgh,
+Tokyo 24/7, VPR; see :func:`parse_spot`); else one spot per file. VPR names carry UTM
+coordinates: photos closer than ``spot_radius_m`` (default :data:`SPOT_RADIUS_M`, the 25 m at
+which place recognition is evaluated) are joined into one spot, transitively, per UTM zone and
+hemisphere (:func:`spatial_groups`), so that no two photos that close can sit in different
+splits. Photos with a pano id keep all views of a pano together *and* join nearby photos the
+same way. Photos in different UTM zones are never joined.
 """
 
 from __future__ import annotations
 
+import csv
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import stat
 import zlib
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +63,15 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.neighbors import radius_neighbors_graph
 
 from cityviz.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     decode_image,
+    display_path,
     resize_center_crop,
 )
 
@@ -34,6 +79,14 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 SPLITS = ("train", "val", "test")
+SPOT_RADIUS_M = 25.0
+"""Photos closer than this (metres, UTM) share a spot: the 25 m threshold of place recognition."""
+SPOT_SOURCES = ("csv", "pittsburgh", "tokyo-pano", "vpr-pano", "vpr-utm", "file")
+"""Where a spot came from: the CSV's spot column, a Pittsburgh place id, a Tokyo 24/7 / Time
+Machine pano id, a VPR pano id (joined with nearby photos), VPR UTM coordinates (joined by
+distance), or nothing known (``file``: each photo is its own spot)."""
+LABELS_DIR = "_labels"
+"""Folder layouts keep label maps in ``root/_labels/<city>/...`` (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -47,12 +100,16 @@ class ImageRecord:
 
 @dataclass
 class CityDataset:
+    """A loaded data set. ``skipped`` lists ``(path, reason)`` of every file left out (printable
+    text); ``spot_sources`` counts the records per :data:`SPOT_SOURCES` key (all keys present)."""
+
     root: Path
     records: list[ImageRecord]
     cities: list[str]  # sorted
     class_names: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     discriminative: dict[str, list[str]] | None = None  # ground truth, synthetic sets only
+    spot_sources: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -86,7 +143,7 @@ class CityDataset:
             lines.append(f"{_rel(r.path, self.root)}\t{_size(r.path)}\t{r.city}\t{r.spot}\t{label}")
         h = hashlib.sha256()
         for line in sorted(lines):
-            h.update(line.encode())
+            h.update(line.encode("utf-8", "surrogateescape"))
             h.update(b"\n")
         return h.hexdigest()
 
@@ -94,7 +151,7 @@ class CityDataset:
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
-    except OSError:
+    except (OSError, ValueError):
         return -1
 
 
@@ -112,44 +169,125 @@ _PITTS = re.compile(r"^(\d+)_pitch(\d+)_yaw(\d+)$")
 # Tokyo Time Machine: "<pano id>_<heading>_012.jpg" (as parsed by public VPR format scripts).
 _TOKYO247 = re.compile(r"^([A-Za-z0-9_-]{22})_012_(\d{3})$")
 _TOKYO_TM = re.compile(r"^([A-Za-z0-9_-]{22})_(\d{3})_012$")
-_UTM_GRID_M = 5
+# UTM latitude bands: C..M are south of the equator, N..X north (I and O are not used).
+_SOUTH_BANDS = frozenset("CDEFGHJKLM")
+_NORTH_BANDS = frozenset("NPQRSTUVWX")
+
+
+@dataclass(frozen=True)
+class _NameSpot:
+    key: str  # the spot of this name alone
+    source: str  # a SPOT_SOURCES key
+    zone: str | None = None  # "<zone><N|S|?>" when the name has UTM coordinates
+    east: float = math.nan
+    north: float = math.nan
+    pano: str = ""
 
 
 def parse_spot(filename: str) -> str | None:
     """The place a street-view file name belongs to, or None if the name follows no convention.
 
     - VPR convention ``@east@north@zone@letter@lat@lon@pano_id@tile@...@.jpg``: ``pano:<pano_id>``
-      when the pano id is present, else ``utm:<zone><letter>:<east>:<north>`` on a 5 m grid.
+      when the pano id is present, else ``utm:<zone><letter>:<east>:<north>`` (metres, two
+      decimals). :func:`load_dataset` then joins photos closer than ``spot_radius_m``.
     - Pittsburgh ``NNNNNN_pitchP_yawY.jpg``: ``pitts:NNNNNN`` (24 views per place).
     - Tokyo 24/7 ``<pano id>_012_<heading>.png`` / Tokyo TM ``<pano id>_<heading>_012.jpg``:
       ``pano:<pano id>`` (12 directions per panorama).
     """
+    found = _spot_from_name(filename)
+    return None if found is None else found.key
+
+
+def _spot_from_name(filename: str) -> _NameSpot | None:
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]
     if name.startswith("@"):
         return _parse_vpr(name.split("@"))
     stem = name.rsplit(".", 1)[0] if "." in name else name
     if m := _PITTS.match(stem):
-        return f"pitts:{m.group(1)}"
+        return _NameSpot(f"pitts:{m.group(1)}", "pittsburgh")
     if m := _TOKYO247.match(stem) or _TOKYO_TM.match(stem):
-        return f"pano:{m.group(1)}"
+        return _NameSpot(f"pano:{m.group(1)}", "tokyo-pano")
     return None
 
 
-def _parse_vpr(parts: list[str]) -> str | None:
+def _parse_vpr(parts: list[str]) -> _NameSpot | None:
     if len(parts) < 9:
         return None
     pano = parts[7].strip()
-    if pano:
-        return f"pano:{pano}"
+    zone, letter = parts[3].strip(), parts[4].strip().upper()
     try:
         east, north = float(parts[1]), float(parts[2])
     except ValueError:
+        east = north = math.nan
+    located = math.isfinite(east) and math.isfinite(north) and bool(zone)
+    hemisphere = "S" if letter in _SOUTH_BANDS else "N" if letter in _NORTH_BANDS else "?"
+    where = dict(zone=f"{zone}{hemisphere}", east=east, north=north) if located else {}
+    if pano:
+        return _NameSpot(f"pano:{pano}", "vpr-pano", pano=pano, **where)
+    if not located:
         return None
-    zone, letter = parts[3].strip(), parts[4].strip()
-    if not (math.isfinite(east) and math.isfinite(north)) or not zone:
-        return None
-    g = _UTM_GRID_M
-    return f"utm:{zone}{letter}:{round(east / g) * g}:{round(north / g) * g}"
+    return _NameSpot(f"utm:{zone}{letter}:{east:.2f}:{north:.2f}", "vpr-utm", **where)
+
+
+def spatial_groups(zones: Sequence[str | None], east: Sequence[float], north: Sequence[float],
+                   radius_m: float = SPOT_RADIUS_M,
+                   same: Sequence[str] | None = None) -> np.ndarray:
+    """Group index (int64, ``[N]``) of each point: connected components of "closer than
+    ``radius_m``", computed per zone.
+
+    ``east``/``north`` are UTM metres; points of different ``zones`` (e.g. ``"17N"``) are never
+    grouped, as their coordinates are not comparable; a zone of None or ``""`` marks a point
+    without coordinates (its east/north are ignored). Single linkage: two points within
+    ``radius_m`` (inclusive) always share a group, so a chain of close points is one group. With
+    ``same`` (e.g. pano ids; ``""`` for none), points sharing a non-empty value are joined too.
+    Uses scikit-learn's ``radius_neighbors_graph`` and SciPy's ``connected_components``.
+
+    Raises ValueError for sequences of different lengths, non-finite coordinates, or a radius
+    that is not a positive finite number.
+    """
+    n = len(zones)
+    e = np.asarray(east, dtype=np.float64).reshape(-1)
+    nn = np.asarray(north, dtype=np.float64).reshape(-1)
+    if len(e) != n or len(nn) != n or (same is not None and len(same) != n):
+        raise ValueError("zones, east, north (and same) must have the same length")
+    try:
+        radius = float(radius_m)
+    except (TypeError, ValueError):
+        radius = math.nan
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius_m must be a positive number of metres, got {radius_m!r}")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    has_zone = np.array([bool(z) for z in zones])
+    if not (np.isfinite(e[has_zone]).all() and np.isfinite(nn[has_zone]).all()):
+        raise ValueError("UTM coordinates must be finite numbers")
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    located = np.flatnonzero(has_zone)
+    codes, _ = pd.factorize(pd.Series([str(zones[i]) for i in located], dtype=object))
+    order = np.argsort(codes, kind="stable")
+    for part in np.split(located[order], np.flatnonzero(np.diff(codes[order])) + 1):
+        idx = np.sort(part)
+        if len(idx) < 2:
+            continue
+        graph = radius_neighbors_graph(np.column_stack([e[idx], nn[idx]]), radius,
+                                       mode="connectivity", include_self=False).tocoo()
+        rows.append(idx[graph.row])
+        cols.append(idx[graph.col])
+    if same is not None:
+        members: dict[str, list[int]] = defaultdict(list)
+        for i, key in enumerate(same):
+            if key:
+                members[str(key)].append(i)
+        for idx_list in members.values():
+            if len(idx_list) > 1:
+                rows.append(np.asarray(idx_list[:-1]))
+                cols.append(np.asarray(idx_list[1:]))
+    r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+    adjacency = coo_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(n, n))
+    _, labels = connected_components(adjacency, directed=False)
+    return labels.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- splits
@@ -212,99 +350,267 @@ def grouped_split(spots: Sequence[str], ratios: Sequence[float] = (0.6, 0.2, 0.2
 
 # --------------------------------------------------------------------------- loading
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_HEAD_BYTES = 64 * 1024
 
-def load_dataset(source: str | Path, *, check_images: bool = True,
-                 progress: bool = False) -> CityDataset:
+
+def load_dataset(source: str | Path, *, check_images: bool = True, progress: bool = False,
+                 spot_radius_m: float = SPOT_RADIUS_M) -> CityDataset:
     """Load a data set from (a) a folder with ``manifest.csv``, (b) a CSV file
-    ``path,city[,spot][,label_path]``, or (c) a folder ``root/<city>/**/*.{jpg,jpeg,png,webp}``.
+    ``path,city[,spot][,label_path]``, or (c) a folder ``root/<city>/**/*.{jpg,jpeg,png,webp}``
+    (label maps and ``classes.json``: see the module docstring).
 
-    Unreadable and non-image files are skipped and listed in ``skipped``, never fatal. With
+    Problems with single files are skipped and listed in ``skipped``, never fatal. With
     ``check_images`` every file's header is opened (JPEGs are also decoded at 1/8 scale and PNG
-    chunk checksums verified, which catches truncated files cheaply).
+    chunk checksums verified, which catches truncated files cheaply) and label maps must be
+    single-channel and the photo's size. ``spot_radius_m``: photos with UTM coordinates in
+    their names closer than this share a spot (:func:`spatial_groups`).
+
+    Raises FileNotFoundError when ``source`` does not exist; ValueError for a CSV that is not a
+    readable UTF-8 table (naming the file and line), one file under two cities, fewer than two
+    cities with usable photos, label maps without ``classes.json``, or a data set path that is
+    not valid UTF-8.
     """
-    src = Path(source).expanduser()
-    if src.is_dir():
-        manifest = src / "manifest.csv"
-        if manifest.is_file():
-            return _from_table(manifest, check_images, progress)
-        return _from_folders(src, check_images, progress)
-    if src.is_file():
-        if src.suffix.lower() != ".csv":
-            raise ValueError(f"{src} is not a folder or a .csv file")
-        return _from_table(src, check_images, progress)
-    raise FileNotFoundError(f"no data set at {src}: the folder or CSV file does not exist")
-
-
-def _from_table(csv_path: Path, check: bool, progress: bool) -> CityDataset:
-    root = csv_path.parent.resolve()
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"could not read {csv_path.name} as a CSV table: {err}") from err
-    table.columns = [str(c).strip().lower() for c in table.columns]
-    missing = {"path", "city"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{csv_path.name} needs columns path and city "
-                         f"(optional: spot, label_path); it has {list(table.columns)}")
-    has_spot, has_label = "spot" in table.columns, "label_path" in table.columns
+        src = Path(os.path.abspath(Path(source).expanduser()))
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ValueError(f"{display_path(str(source))} is not a usable data set path") from err
+    if os.path.isdir(src):
+        manifest = src / "manifest.csv"
+        if os.path.isfile(manifest):
+            return _from_table(manifest, check_images, progress, spot_radius_m)
+        return _from_folders(src, check_images, progress, spot_radius_m)
+    if os.path.isfile(src):
+        if src.suffix.lower() != ".csv":
+            raise ValueError(f"{display_path(src)} is not a folder or a .csv file")
+        return _from_table(src, check_images, progress, spot_radius_m)
+    raise FileNotFoundError(
+        f"no data set at {display_path(src)}: the folder or CSV file does not exist")
+
+
+@dataclass(eq=False)
+class _Row:
+    """One candidate photo while loading."""
+
+    path: Path  # absolute, as named (links kept)
+    city: str
+    shown: str  # printable path for messages
+    where: str = ""  # " (list.csv line 4)" for table rows
+    spot: str = ""  # given by the table
+    label: Path | None = None
+    key: tuple[int, int] = (0, 0)  # (st_dev, st_ino)
+    size: int = 0
+
+    def skip(self, skipped: list[tuple[str, str]], reason: str) -> None:
+        skipped.append((self.shown, reason + self.where))
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a name from a user's disk or table cannot be stored as cache text, or None."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8 (the cache stores names as UTF-8 text); rename it"
+    if _CONTROL.search(name):
+        return "name holds a control character (such as a newline or tab); rename it"
+    return None
+
+
+def _require_text(path: Path) -> None:
+    if _name_problem(str(path)) is not None:
+        raise ValueError(f"the data set path {display_path(path)} is not valid UTF-8 text or "
+                         "holds a control character, which the cache cannot store; rename or "
+                         "move the folder")
+
+
+def _shown(path: Path, root: Path) -> str:
+    return display_path(_rel(path, root))
+
+
+def _from_table(csv_path: Path, check: bool, progress: bool, radius: float) -> CityDataset:
+    root = csv_path.parent.resolve()
+    _require_text(root)
+    name = display_path(csv_path.name)
+    rows: list[_Row] = []
     skipped: list[tuple[str, str]] = []
-    rows: list[tuple[Path, str, str, Path | None]] = []
-    seen: set[Path] = set()
-    for raw in table.itertuples(index=False):
-        rel, city = raw.path.strip(), raw.city.strip()
-        if not rel:
-            skipped.append(("", "empty path"))
-            continue
-        path = _resolve(rel, root)
-        if not city:
-            skipped.append((rel, "no city given"))
-            continue
-        if path in seen:
-            skipped.append((rel, "listed more than once"))
-            continue
-        reason = _file_problem(path)
-        label = None
-        if reason is None and has_label and raw.label_path.strip():
-            label = _resolve(raw.label_path.strip(), root)
-            if not label.is_file():
-                reason = f"label file not found: {raw.label_path.strip()}"
-        if reason is not None:
-            skipped.append((rel, reason))
-            continue
-        seen.add(path)
-        rows.append((path, city, raw.spot.strip() if has_spot else "", label))
-    rows = _checked(rows, check, progress, skipped, root)
+    declared: dict[str, str] = {}
+    line = 0
+    try:
+        with open(csv_path, "rb") as fh:
+            if fh.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+                raise ValueError(f"{name} is UTF-16 text; save it as UTF-8")
+        with open(csv_path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+            reader = csv.reader(fh, skipinitialspace=True)
+            header = next(reader, None)
+            line = reader.line_num
+            if header is None:
+                raise ValueError(f"{name} is empty; it needs a header line "
+                                 "path,city[,spot][,label_path]")
+            columns = _table_columns(header, name)
+            for fields in reader:
+                start, line = line + 1, reader.line_num
+                row = _table_row(fields, columns, root, name, start, skipped)
+                if row is not None:
+                    declared.setdefault(row.city, f"{name}: city {row.city}")
+                    rows.append(row)
+    except csv.Error as err:
+        raise ValueError(f"{name} line {line + 1} is not readable as CSV ({err})") from err
+    except OSError as err:
+        raise ValueError(f"could not read {name} ({err.strerror or 'input/output error'})") from err
     class_names = _read_class_names(csv_path.parent / "classes.json")
     discriminative = _read_discriminative(csv_path.parent / "synth.json")
-    return _build(root, rows, skipped, class_names, discriminative)
+    return _finish(root, rows, skipped, declared, check, progress, class_names, discriminative,
+                   radius)
 
 
-def _from_folders(root: Path, check: bool, progress: bool) -> CityDataset:
+def _table_columns(header: list[str], name: str) -> list[str]:
+    columns = [c.strip().lower() for c in header]
+    if any(_name_problem(c) for c in columns):
+        raise ValueError(f"{name} line 1: the header is not valid UTF-8 text; save the file as "
+                         "UTF-8")
+    missing = {"path", "city"} - set(columns)
+    if missing:
+        raise ValueError(f"{name} needs columns path and city (optional: spot, label_path); "
+                         f"it has {[display_path(c) for c in columns]}")
+    twice = sorted(c for c, k in Counter(columns).items() if k > 1 and c)
+    if twice:
+        raise ValueError(f"{name} line 1: column {twice[0]!r} appears more than once")
+    return columns
+
+
+def _table_row(fields: list[str], columns: list[str], root: Path, name: str, line: int,
+               skipped: list[tuple[str, str]]) -> _Row | None:
+    """One table line as a row, or None (blank, or skipped with a reason naming the line)."""
+    if not any(f.strip() for f in fields):
+        return None
+    where = f" ({name} line {line})"
+    values = dict(zip(columns, (f.strip() for f in fields), strict=False))
+    rel = values.get("path", "")
+    shown = display_path(rel) if rel else f"{name} line {line}"
+    if len(fields) > len(columns):
+        skipped.append((shown, f"has {len(fields)} fields but the header has {len(columns)} "
+                               f"(a comma inside a path needs quotes){where}"))
+        return None
+    if not rel:
+        skipped.append((shown, "empty path" + where))
+        return None
+    city, spot, label = values.get("city", ""), values.get("spot", ""), values.get("label_path", "")
+    for what, value in (("path", rel), ("city", city), ("spot", spot), ("label_path", label)):
+        problem = _name_problem(value)
+        if problem is not None:
+            skipped.append((shown, f"{what} {problem}{where}"))
+            return None
+    if not city:
+        skipped.append((shown, "no city given" + where))
+        return None
+    try:
+        path = _resolve(rel, root)
+        label_path = _resolve(label, root) if label else None
+    except (RuntimeError, ValueError):  # "~nouser/...", NUL characters
+        skipped.append((shown, "path cannot be resolved" + where))
+        return None
+    return _Row(path, city, shown, where, spot, label_path)
+
+
+def _from_folders(root: Path, check: bool, progress: bool, radius: float) -> CityDataset:
     root = root.resolve()
+    _require_text(root)
     skipped: list[tuple[str, str]] = []
-    rows: list[tuple[Path, str, str, Path | None]] = []
-    for entry in sorted(root.iterdir()):
+    rows: list[_Row] = []
+    declared: dict[str, str] = {}
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as err:
+        raise ValueError(f"could not read the data set folder {display_path(root)} "
+                         f"({err.strerror or 'input/output error'})") from err
+    for entry in entries:
         if entry.name.startswith((".", "_")):
             continue
-        if not entry.is_dir():
-            skipped.append((entry.name, "not inside a city folder"))
+        problem = _name_problem(entry.name)
+        shown = display_path(entry.name)
+        if not _is_dir(entry):
+            skipped.append((shown, "not inside a city folder" if problem is None
+                            else f"file {problem}"))
+        elif problem is not None:
+            skipped.append((shown + "/", f"city folder {problem}; the city is skipped"))
+        else:
+            declared[entry.name] = entry.name + "/"
+            rows.extend(_walk_city(root, entry.name, skipped))
+    class_names = _read_class_names(root / "classes.json")
+    if os.path.isdir(root / LABELS_DIR):
+        rows = _attach_labels(rows, root, skipped)
+        if rows and class_names is None:
+            raise ValueError(f"{display_path(root / LABELS_DIR)} holds label maps but "
+                             f"{display_path(root / 'classes.json')} (a JSON list of class "
+                             "names) is missing")
+    return _finish(root, rows, skipped, declared, check, progress, class_names, None, radius)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symbolic links
+    except OSError:
+        return False
+
+
+def _walk_city(root: Path, city: str, skipped: list[tuple[str, str]]) -> Iterator[_Row]:
+    """Every non-hidden file under ``root/city``, links followed, each folder read once."""
+    seen: dict[tuple[int, int], str] = {}
+
+    def unreadable(err: OSError) -> None:
+        why = (err.strerror or "input/output error").lower()
+        where = _shown(Path(err.filename), root) + "/"
+        skipped.append((where, f"folder could not be read ({why})"))
+
+    for dirpath, dirnames, filenames in os.walk(root / city, onerror=unreadable, followlinks=True):
+        here = Path(dirpath)
+        try:
+            st = os.stat(here)
+        except OSError:
+            dirnames[:] = []
             continue
-        for path in _walk_files(entry):
-            reason = _file_problem(path)
-            if reason is not None:
-                skipped.append((_rel(path, root), reason))
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            skipped.append((_shown(here, root) + "/",
+                            f"same folder as {seen[(st.st_dev, st.st_ino)]}/ (a symbolic link "
+                            "loop or a second link to it); read once"))
+            continue
+        seen[(st.st_dev, st.st_ino)] = _shown(here, root)
+        keep = []
+        for d in sorted(dirnames):
+            problem = _name_problem(d)
+            if d.startswith("."):
+                continue
+            if problem is not None:
+                skipped.append((_shown(here / d, root) + "/", f"folder {problem}; its files are "
+                                                              "skipped"))
             else:
-                rows.append((path, entry.name, "", None))
-    rows = _checked(rows, check, progress, skipped, root)
-    return _build(root, rows, skipped, None, None)
-
-
-def _walk_files(folder: Path) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+            if name.startswith("."):
+                continue
+            path = here / name
+            problem = _name_problem(name)
+            if problem is not None:
+                skipped.append((_shown(path, root), f"file {problem}"))
+            else:
+                yield _Row(path, city, _shown(path, root))
+
+
+def _attach_labels(rows: list[_Row], root: Path, skipped: list[tuple[str, str]]) -> list[_Row]:
+    kept = []
+    for row in rows:
+        rel = row.path.relative_to(root / row.city).with_suffix(".png")
+        label = root / LABELS_DIR / row.city / rel
+        if os.path.isfile(label):
+            row.label = label
+            kept.append(row)
+        else:
+            expected = f"{LABELS_DIR}/{row.city}/{display_path(rel.as_posix())}"
+            row.skip(skipped, f"no label map {expected}")
+    return kept
 
 
 def _resolve(rel: str, root: Path) -> Path:
@@ -312,29 +618,147 @@ def _resolve(rel: str, root: Path) -> Path:
     return Path(os.path.normpath(p if p.is_absolute() else root / p))  # keeps symlinks as named
 
 
-def _file_problem(path: Path) -> str | None:
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return f"not an image file type ({path.suffix or 'no extension'})"
-    if not path.is_file():
-        return "file not found"
+def _locate(row: _Row) -> str | None:
+    """Why ``row`` is not a regular image file (or its label is missing), else None; sets
+    ``row.key`` and ``row.size`` from ``os.stat``."""
+    if row.path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file type ({display_path(row.path.suffix) or 'no extension'})"
+    try:
+        st = os.stat(row.path)
+    except FileNotFoundError:
+        return "broken symbolic link" if os.path.islink(row.path) else "file not found"
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            return "file name too long for this system"
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"file could not be read ({(err.strerror or 'input/output error').lower()})"
+    except ValueError:
+        return "not a valid file name (it holds a NUL character)"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if row.label is not None and not os.path.isfile(row.label):
+        return f"label file not found: {display_path(row.label)}"
+    row.key, row.size = (st.st_dev, st.st_ino), st.st_size
     return None
 
 
-def _checked(rows, check: bool, progress: bool, skipped: list, root: Path) -> list:
+def _finish(root: Path, rows: list[_Row], skipped: list[tuple[str, str]],
+            declared: dict[str, str], check: bool, progress: bool,
+            class_names: list[str] | None, discriminative: dict[str, list[str]] | None,
+            radius: float) -> CityDataset:
+    located = []
+    for row in rows:
+        reason = _locate(row)
+        if reason is None:
+            located.append(row)
+        else:
+            row.skip(skipped, reason)
+    rows = _one_record_per_file(located, skipped)
+    rows = _checked(rows, check, progress, skipped)
+    rows = _drop_copies(rows, skipped)
+    for city in sorted(set(declared) - {r.city for r in rows}):
+        skipped.append((declared[city], "no usable images: the city is left out"))
+    return _build(root, rows, skipped, class_names, discriminative, radius)
+
+
+def _one_record_per_file(rows: list[_Row], skipped: list[tuple[str, str]]) -> list[_Row]:
+    """Drop a file reached twice under one city; raise ValueError for one file in two cities."""
+    first: dict[tuple[int, int], _Row] = {}
+    kept, clashes = [], []
+    for row in rows:
+        prev = first.setdefault(row.key, row)
+        if prev is row:
+            kept.append(row)
+        elif prev.city == row.city:
+            row.skip(skipped, "listed more than once" if prev.shown == row.shown
+                     else f"same file as {prev.shown}")
+        else:
+            clashes.append((prev, row))
+    if clashes:
+        prev, row = clashes[0]
+        raise ValueError(
+            f"{len(clashes)} file(s) belong to two cities: {row.shown}{row.where} in city "
+            f"{row.city!r} is the same file as {prev.shown}{prev.where} in city {prev.city!r}. "
+            "One photo cannot belong to two cities; remove the duplicate link, folder or line "
+            "(a city folder that is a link to the data folder does this).")
+    return kept
+
+
+def _digest(path: Path, limit: int | None) -> bytes | None:
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as fh:
+            if limit is None:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            else:
+                h.update(fh.read(limit))
+    except OSError:
+        return None
+    return h.digest()
+
+
+def _same_content(rows: list[_Row]) -> Iterator[list[_Row]]:
+    """Groups (2+) of equally sized ``rows`` with identical bytes."""
+    heads: dict[bytes, list[_Row]] = defaultdict(list)
+    for row in rows:
+        if (d := _digest(row.path, _HEAD_BYTES)) is not None:
+            heads[d].append(row)
+    for group in heads.values():
+        if len(group) < 2:
+            continue
+        if group[0].size <= _HEAD_BYTES:
+            yield group
+            continue
+        whole: dict[bytes, list[_Row]] = defaultdict(list)
+        for row in group:
+            if (d := _digest(row.path, None)) is not None:
+                whole[d].append(row)
+        yield from (g for g in whole.values() if len(g) > 1)
+
+
+def _drop_copies(rows: list[_Row], skipped: list[tuple[str, str]]) -> list[_Row]:
+    """Skip byte-identical copies: later copies within a city, every copy across cities."""
+    by_size: dict[int, list[_Row]] = defaultdict(list)
+    for row in rows:
+        by_size[row.size].append(row)
+    dropped: set[int] = set()
+    for same_size in by_size.values():
+        if len(same_size) < 2:
+            continue
+        for group in _same_content(same_size):
+            if len({r.city for r in group}) == 1:
+                for row in group[1:]:
+                    row.skip(skipped, f"same content as {group[0].shown} (a copy)")
+                    dropped.add(id(row))
+                continue
+            for row in group:
+                other = next(o for o in group if o.city != row.city)
+                row.skip(skipped, f"same content as {other.shown} in city {other.city!r}; a "
+                                  "photo under two cities is left out")
+                dropped.add(id(row))
+    return [r for r in rows if id(r) not in dropped]
+
+
+def _checked(rows: list[_Row], check: bool, progress: bool,
+             skipped: list[tuple[str, str]]) -> list[_Row]:
     if not check:
         return rows
-    it = rows
+    it: Iterable[_Row] = rows
     if progress:
         from tqdm import tqdm
 
         it = tqdm(rows, desc="checking images", unit="img")
     kept = []
     for row in it:
-        reason = check_image_file(row[0])
+        reason = check_image_file(row.path)
+        if reason is None and row.label is not None:
+            reason = _label_problem(row.label, row.path)
         if reason is None:
             kept.append(row)
         else:
-            skipped.append((_rel(row[0], root), reason))
+            row.skip(skipped, reason)
     return kept
 
 
@@ -353,8 +777,10 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | 
                 im.load()
             elif im.format == "PNG":
                 im.verify()
+    except PermissionError:
+        return "file could not be read (permission denied)"
     except Exception as err:  # PIL signals bad files with many exception types
-        log.debug("unreadable image %s: %s", path, err)
+        log.debug("unreadable image %s: %s", display_path(path), err)
         if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
             return "image too large"
         if isinstance(err, OSError) and "truncated" in str(err):
@@ -363,25 +789,45 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | 
     return None
 
 
+def _label_problem(label: Path, image: Path) -> str | None:
+    """Why ``label`` cannot label ``image`` (not one channel, not the photo's size), or None."""
+    try:
+        with Image.open(image) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+        with Image.open(label) as lab:
+            lw, lh = lab.size
+            bands = len(lab.getbands())
+    except Exception:  # PIL signals bad files with many exception types
+        return "label map is not a readable image"
+    if bands != 1:
+        return f"label map has {bands} channels; it must hold one class index per pixel"
+    if orientation in (5, 6, 7, 8):  # EXIF rotates the photo by 90°: labels follow the view
+        w, h = h, w
+    if (lw, lh) != (w, h):
+        return f"label map is {lw}×{lh} pixels but the photo is {w}×{h}"
+    return None
+
+
 def _read_class_names(path: Path) -> list[str] | None:
-    if not path.is_file():
+    if not os.path.isfile(path):
         return None
     try:
-        names = json.loads(path.read_text())
+        names = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ValueError(f"could not read {path}: {err}") from err
+        raise ValueError(f"could not read {display_path(path)}: {err}") from err
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path} must be a JSON list of class names")
+        raise ValueError(f"{display_path(path)} must be a JSON list of class names")
     return names
 
 
 def _read_discriminative(path: Path) -> dict[str, list[str]] | None:
-    if not path.is_file():
+    if not os.path.isfile(path):
         return None
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        log.warning("ignoring unreadable %s", path)
+        log.warning("ignoring unreadable %s", display_path(path))
         return None
     disc = meta.get("discriminative") if isinstance(meta, dict) else None
     if not isinstance(disc, dict):
@@ -389,21 +835,69 @@ def _read_discriminative(path: Path) -> dict[str, list[str]] | None:
     return {str(k): [str(x) for x in v] for k, v in disc.items()}
 
 
-def _build(root: Path, rows, skipped, class_names, discriminative) -> CityDataset:
-    cities = sorted({city for _, city, _, _ in rows})
+def _build(root: Path, rows: list[_Row], skipped: list[tuple[str, str]],
+           class_names: list[str] | None, discriminative: dict[str, list[str]] | None,
+           radius: float) -> CityDataset:
+    cities = sorted({r.city for r in rows})
     if len(cities) < 2:
         found = ", ".join(cities) if cities else "none"
+        first = f"; the first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise ValueError(f"a city data set needs images from at least two cities; found {found} "
-                         f"in {root} ({len(skipped)} files skipped)")
-    ids = [_image_id(path, root, keep_ext=False) for path, *_ in rows]
+                         f"in {display_path(root)} ({len(skipped)} files skipped{first})")
+    ids = [_image_id(r.path, root, keep_ext=False) for r in rows]
     dup = {i for i, n in Counter(ids).items() if n > 1}
-    records = []
-    for (path, city, spot, label), image_id in zip(rows, ids, strict=True):
-        if image_id in dup:
-            image_id = _image_id(path, root, keep_ext=True)
-        spot = spot or parse_spot(path.name) or f"file:{image_id}"
-        records.append(ImageRecord(image_id, path, city, spot, label))
-    return CityDataset(root, records, cities, class_names, skipped, discriminative)
+    ids = [_image_id(r.path, root, keep_ext=True) if i in dup else i
+           for r, i in zip(rows, ids, strict=True)]
+    spots, sources = _assign_spots(rows, ids, radius)
+    records = [ImageRecord(image_id, r.path, r.city, spot, r.label)
+               for r, image_id, spot in zip(rows, ids, spots, strict=True)]
+    _warn_coarse_spots(records, radius)
+    counts = Counter(sources)
+    return CityDataset(root, records, cities, class_names, skipped, discriminative,
+                       {k: counts.get(k, 0) for k in SPOT_SOURCES})
+
+
+def _assign_spots(rows: list[_Row], ids: list[str], radius: float) -> tuple[list[str], list[str]]:
+    """Spot and spot source (a SPOT_SOURCES key) of every row; see the module docstring."""
+    spots, sources = [], []
+    placed: list[tuple[int, _NameSpot]] = []
+    for i, (row, image_id) in enumerate(zip(rows, ids, strict=True)):
+        found = None if row.spot else _spot_from_name(row.path.name)
+        if row.spot:
+            spots.append(row.spot)
+            sources.append("csv")
+        elif found is None:
+            spots.append(f"file:{image_id}")
+            sources.append("file")
+        else:
+            spots.append(found.key)
+            sources.append(found.source)
+            if found.zone is not None or found.pano:
+                placed.append((i, found))
+    if placed:
+        groups = spatial_groups([f.zone for _, f in placed],
+                                [f.east if f.zone else 0.0 for _, f in placed],
+                                [f.north if f.zone else 0.0 for _, f in placed],
+                                radius, same=[f.pano for _, f in placed])
+        name: dict[int, str] = {}
+        for (i, _), g in zip(placed, groups, strict=True):
+            name[g] = min(name.get(g, spots[i]), spots[i])
+        for (i, _), g in zip(placed, groups, strict=True):
+            spots[i] = name[g]
+    return spots, sources
+
+
+def _warn_coarse_spots(records: list[ImageRecord], radius: float) -> None:
+    by_city: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        by_city[r.city][r.spot] += 1
+    for city, counts in sorted(by_city.items()):
+        n = sum(counts.values())
+        spot, biggest = counts.most_common(1)[0]
+        if n >= 20 and biggest > n / 2:
+            log.warning("%d of %d photos of %s share one spot (%s): photos closer than %g m are "
+                        "joined transitively, so this city splits coarsely", biggest, n,
+                        display_path(city), display_path(spot), radius)
 
 
 def _image_id(path: Path, root: Path, keep_ext: bool) -> str:
@@ -442,7 +936,7 @@ def _load_resized(path: Path | str, size: int) -> np.ndarray:
     try:
         return resize_center_crop(decode_image(path), size)
     except ImageDecodeError as err:
-        raise ImageDecodeError(f"{Path(path).name}: {err}") from err
+        raise ImageDecodeError(f"{display_path(Path(path).name)}: {err}") from err
 
 
 def load_uint8_batch(paths: Sequence[Path | str], size: int) -> np.ndarray:

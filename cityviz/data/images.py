@@ -76,6 +76,23 @@ def decode_image(src: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
             stream.close()
 
 
+def display_path(path: str | bytes | os.PathLike) -> str:
+    """``path`` as printable UTF-8 text for messages, logs, JSON and Parquet; never raises.
+
+    Bytes that are not valid UTF-8 (as :func:`os.fsdecode` keeps them, as lone surrogates) are
+    shown as ``\\xNN`` escapes, and control or other non-printable characters (newline, tab, ...)
+    by their Python escape (``\\n``), so ``b"caf\\xe9\\n.jpg"`` reads ``caf\\xe9\\n.jpg``.
+    The result is for showing, not for opening: it is not a path of the same file.
+    """
+    try:
+        raw = os.fsencode(path)
+    except (TypeError, ValueError):
+        return repr(path)
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def _open_stream(src: ImageSource) -> tuple[IO[bytes], bool]:
     """``(seekable stream, whether we must close it)``; empty or missing input fails early."""
     if isinstance(src, bytes | bytearray | memoryview):
@@ -84,16 +101,22 @@ def _open_stream(src: ImageSource) -> tuple[IO[bytes], bool]:
         return io.BytesIO(bytes(src)), False
     if isinstance(src, str | os.PathLike):
         path = Path(src)
+        name = display_path(path.name)
         try:
             if path.stat().st_size == 0:
-                raise ImageDecodeError(f"The file {path.name} is empty.")
+                raise ImageDecodeError(f"The file {name} is empty.")
             return open(path, "rb"), True  # closed by decode_image
+        except ImageDecodeError:
+            raise
         except FileNotFoundError as err:
-            raise ImageDecodeError(f"The file {path.name} does not exist.") from err
+            raise ImageDecodeError(f"The file {name} does not exist.") from err
         except IsADirectoryError as err:
-            raise ImageDecodeError(f"The path {path.name} is a folder, not an image file.") from err
-        except OSError as err:
-            raise ImageDecodeError(f"The file {path.name} could not be read.") from err
+            raise ImageDecodeError(f"The path {name} is a folder, not an image file.") from err
+        except OSError as err:  # permission denied, name too long, I/O error, ...
+            why = (err.strerror or "input/output error").lower()
+            raise ImageDecodeError(f"The file {name} could not be read ({why}).") from err
+        except ValueError as err:  # a NUL character in the path
+            raise ImageDecodeError(f"The path {name} is not a valid file name.") from err
     if hasattr(src, "read"):
         try:
             data = src.read()
