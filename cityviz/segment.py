@@ -41,6 +41,7 @@ Default Hugging Face model: ``openmmlab/upernet-convnext-small``
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -51,7 +52,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from cityviz.data.images import resize_center_crop
+from cityviz.data.images import crop_geometry, resize_center_crop
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +104,93 @@ def _check_images(images: np.ndarray) -> tuple[int, int, int]:
     return b, h, w
 
 
+#: Label values that mean "unlabelled" in label PNGs when they do not index a class: 255 (the
+#: usual 8-bit ignore index, e.g. Cityscapes' trainIds and Hugging Face's ``do_reduce_labels``)
+#: and 65535 (its 16-bit counterpart).
+IGNORE_VALUES = (255, 65535)
+
+_SINGLE_CHANNEL_MODES = frozenset({"1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N"})
+_EXIF_ORIENTATION = 0x0112
+
+
+def _read_label_png(path: Path) -> np.ndarray:
+    """The raw values of a single-channel label image as ``int64 [H, W]``.
+
+    8-bit ("L"), 16-bit ("I;16*"), 32-bit ("I"), bilevel ("1") and palette ("P": the palette
+    index is the label, the palette's colours are ignored) images are accepted.
+
+    Raises:
+        ValueError: one sentence naming ``path`` when the file is missing, empty, unreadable or
+            damaged, has more than one channel (RGB, RGBA, LA, PA: colour-coded label images must
+            be converted to class indices first) or holds floats.
+    """
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as exc:
+        raise ValueError(f"cannot read label map {path}: {exc.strerror or exc}") from None
+    if empty:
+        raise ValueError(f"label map {path} is an empty file")
+    try:
+        with Image.open(path) as im:
+            im.seek(0)
+            im.load()
+            mode, bands = im.mode, len(im.getbands())
+            raw = np.asarray(im) if mode in _SINGLE_CHANNEL_MODES else None
+    except Exception as exc:  # truncated, corrupt or not an image: PIL raises many types
+        reason = _first_sentence(str(exc)) or type(exc).__name__
+        raise ValueError(
+            f"cannot read label map {path}: it is damaged or not an image ({reason})"
+        ) from exc
+    if raw is None:
+        kind = f"{bands} channels" if bands > 1 else "floating-point values"
+        raise ValueError(
+            f"label map {path} has {kind} (PIL mode {mode}); label maps must be single-channel "
+            "class indices (8/16-bit greyscale or palette PNG), so convert colour-coded labels "
+            "to indices first"
+        )
+    return raw.astype(np.int64)
+
+
+def _photo_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` of a photo as :func:`cityviz.data.images.decode_image` returns it
+    (EXIF orientations 5-8 swap the axes), read from the header only; ``None`` if unreadable."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # the photo's own decoding reports unreadable photos
+        log.debug("cannot read the size of %s", path, exc_info=True)
+        return None
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
 class AnnotationSegmenter:
     """Ground-truth label PNGs, cropped exactly like the model input.
 
-    ``label_paths`` maps image id → single-channel label PNG (8- or 16-bit, or palette) whose
-    values index ``class_names`` and whose size equals the original photo's. ``segment`` applies
-    the same shorter-side resize + center crop as the model input (nearest neighbour, so no label
-    value is invented), which keeps every label pixel on top of its image pixel.
+    ``label_paths`` maps image id → single-channel label PNG (8- or 16-bit greyscale, or palette,
+    whose palette index is the label) whose values index ``class_names``. ``segment`` applies the
+    same shorter-side resize + centre crop as the model input
+    (:func:`cityviz.data.images.resize_center_crop`, nearest neighbour, so no label value is
+    invented), which keeps every label pixel on top of its image pixel.
+
+    Rules for label values (``n = len(class_names)``; a violation raises a one-sentence
+    ``ValueError`` naming the file, the value and the fix):
+
+    * ``reduce_labels=False`` (0-based, e.g. cityviz's synthetic set: 0 = wall): value ``v < n``
+      is class ``v``; 255 and 65535 (:data:`IGNORE_VALUES`) are unlabelled when ``>= n``; any
+      other ``v >= n`` is refused. ``v == n`` is refused as the tell-tale of 1-based labels
+      (ADE20K's own release: 0 = "other", 1..150 = wall..flag) with the fix ``--reduce-labels``.
+    * ``reduce_labels=True`` (as Hugging Face's ``do_reduce_labels``): 0 is unlabelled, ``v`` is
+      class ``v - 1``, 255/65535 stay unlabelled; ``v - 1 >= n`` otherwise is refused.
+    * Data set warning (``logging.warning``, once per segmenter): with ``reduce_labels=False``,
+      when no pixel of any label map has value 0 although some are labelled, the labels may be
+      1-based with their top class absent (:meth:`check_labels`).
+
+    Rules for label size, when ``image_paths`` (image id → photo) is given: a label map the
+    photo's size is cropped with the photo's geometry; one at another resolution but the photo's
+    aspect ratio (each side within one label pixel of the scaled other) is sampled by nearest
+    neighbour at the photo's crop positions; any other size is refused. Without ``image_paths``
+    each label map is assumed to be its photo's size.
     """
 
     def __init__(
@@ -117,38 +198,142 @@ class AnnotationSegmenter:
         label_paths: Mapping[str, str | Path],
         class_names: Sequence[str],
         name: str = "annotations",
+        *,
+        reduce_labels: bool = False,
+        image_paths: Mapping[str, str | Path] | None = None,
     ) -> None:
         if not class_names:
             raise ValueError("AnnotationSegmenter needs a non-empty class_names list")
         self.label_paths = {str(k): Path(v) for k, v in label_paths.items()}
+        self.image_paths = {str(k): Path(v) for k, v in (image_paths or {}).items()}
         self.class_names: Sequence[str] = tuple(class_names)
         self.name = name
+        self.reduce_labels = bool(reduce_labels)
         self._dtype = label_dtype(len(self.class_names))
         self._unlabelled = unlabelled_value(len(self.class_names))
+        self._checked = False
+        self._warned_resized = False
 
-    def load_label(self, image_id: str) -> np.ndarray:
-        """The full-resolution label map of ``image_id``; out-of-range values → unlabelled."""
+    def _path(self, image_id: str) -> Path:
         try:
-            path = self.label_paths[image_id]
+            return self.label_paths[image_id]
         except KeyError:
             raise KeyError(
                 f"no label map for image id {image_id!r} "
                 f"({len(self.label_paths)} ids have labels in segmenter {self.name!r})"
             ) from None
-        try:
-            with Image.open(path) as im:
-                label = np.asarray(im)
-        except OSError as exc:
-            raise ValueError(f"cannot read label map {path}: {exc}") from exc
-        if label.ndim != 2:
-            raise ValueError(
-                f"label map {path} must be single-channel (class indices), got shape {label.shape}"
+
+    def _to_classes(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Raw label values → class indices (unlabelled → the dtype's unlabelled value)."""
+        n = len(self.class_names)
+        offset = 1 if self.reduce_labels else 0
+        classes = raw - offset
+        unlabelled = np.isin(raw, IGNORE_VALUES) & (classes >= n)
+        if self.reduce_labels:
+            unlabelled |= raw == 0
+        bad = ~unlabelled & ((classes < 0) | (classes >= n))
+        if bad.any():
+            value = int(raw[bad].max())
+            raise ValueError(self._bad_value_message(path, value))
+        return np.where(unlabelled, self._unlabelled, classes).astype(self._dtype)
+
+    def _bad_value_message(self, path: Path, value: int) -> str:
+        n = len(self.class_names)
+        if value < 0:
+            return f"label map {path} has the negative value {value}; labels must be class indices"
+        if not self.reduce_labels and value == n:
+            return (
+                f"label map {path} has value {value} with {n} class names: labels look 1-based "
+                "(ADE20K's release: 0 = other); pass --reduce-labels (reduce_labels=True)"
             )
-        label = label.astype(np.int64, copy=False)
-        label = np.where((label >= 0) & (label < len(self.class_names)), label, self._unlabelled)
-        return label.astype(self._dtype)
+        shift = " after --reduce-labels (value - 1)" if self.reduce_labels else ""
+        return (
+            f"label map {path} has value {value}, beyond the {n} class names{shift} "
+            f"(0..{n - 1}, with {IGNORE_VALUES[0]} or {IGNORE_VALUES[1]} for unlabelled); "
+            "check that the class list (classes.json) belongs to these label maps"
+        )
+
+    def load_label(self, image_id: str) -> np.ndarray:
+        """The full-resolution label map of ``image_id`` in class indices, ``[H, W]`` of
+        :func:`label_dtype`; unlabelled pixels hold :func:`unlabelled_value`.
+
+        Raises:
+            KeyError: ``image_id`` has no label map.
+            ValueError: the file is unreadable, not single-channel, or a value breaks the rules
+                in the class docstring.
+        """
+        path = self._path(image_id)
+        return self._to_classes(_read_label_png(path), path)
+
+    def check_labels(self, image_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Read every label map (or those of ``image_ids``), refuse any that breaks the rules, and
+        warn once when no pixel has value 0 (see the class docstring).
+
+        Returns ``{"maps", "labelled_pixels", "zero_pixels", "max_value"}`` over the raw values.
+        Raises the ``ValueError`` of :meth:`load_label` for the first bad file.
+        """
+        ids = list(self.label_paths) if image_ids is None else [str(i) for i in image_ids]
+        labelled = zeros = 0
+        max_value = -1
+        for image_id in ids:
+            path = self._path(image_id)
+            raw = _read_label_png(path)
+            classes = self._to_classes(raw, path)
+            labelled += int(np.count_nonzero(classes != self._unlabelled))
+            zeros += int(np.count_nonzero(raw == 0))
+            max_value = max(max_value, int(raw.max()))
+        if not self.reduce_labels and ids and labelled and zeros == 0 and not self._checked:
+            log.warning(
+                "segmenter %s: no pixel of the %d label maps has value 0 (%s) and the largest "
+                "value is %d of %d class names; if the labels are 1-based (ADE20K's release: "
+                "0 = other), pass --reduce-labels",
+                self.name, len(ids), self.class_names[0], max_value, len(self.class_names),
+            )
+        self._checked = True
+        return {
+            "maps": len(ids),
+            "labelled_pixels": labelled,
+            "zero_pixels": zeros,
+            "max_value": max_value,
+        }
+
+    def _crop(self, image_id: str, label: np.ndarray, size: int) -> np.ndarray:
+        """``label`` cropped like its photo's model input: ``[size, size]``, nearest neighbour."""
+        photo_path = self.image_paths.get(image_id)
+        photo = _photo_size(photo_path) if photo_path is not None else None
+        hl, wl = label.shape
+        if photo is None or photo == (hl, wl):
+            return resize_center_crop(label, size, nearest=True)
+        hp, wp = photo
+        if abs(hl - hp * wl / wp) > 1 or abs(wl - wp * hl / hp) > 1:
+            raise ValueError(
+                f"label map {self.label_paths[image_id]} is {wl}x{hl} pixels but its photo "
+                f"{photo_path} is {wp}x{hp} with another aspect ratio; label maps must cover the "
+                "whole photo"
+            )
+        if not self._warned_resized:
+            log.warning(
+                "segmenter %s: label maps at another resolution than their photos (first: %s, "
+                "%dx%d for %dx%d) are resized by nearest neighbour",
+                self.name, self.label_paths[image_id], wl, hl, wp, hp,
+            )
+            self._warned_resized = True
+        new_h, new_w, top, left = crop_geometry(hp, wp, size)
+        centres = np.arange(size) + 0.5
+        rows = np.clip(((top + centres) * hl / new_h).astype(np.int64), 0, hl - 1)
+        cols = np.clip(((left + centres) * wl / new_w).astype(np.int64), 0, wl - 1)
+        return np.ascontiguousarray(label[rows[:, None], cols[None, :]])
 
     def segment(self, images: np.ndarray, image_ids: Sequence[str] | None = None) -> np.ndarray:
+        """Label maps ``[B, S, S]`` (:func:`label_dtype`) for the square model-input crops
+        ``uint8 [B, S, S, 3]`` of ``image_ids``. The first call checks the whole data set
+        (:meth:`check_labels`).
+
+        Raises:
+            ValueError: bad images, missing or mismatched ``image_ids``, non-square crops, or a
+                label map that breaks the rules in the class docstring.
+            KeyError: an id has no label map.
+        """
         b, h, w = _check_images(images)
         if image_ids is None:
             raise ValueError("AnnotationSegmenter.segment needs image_ids to find the label maps")
@@ -156,9 +341,13 @@ class AnnotationSegmenter:
             raise ValueError(f"got {b} images but {len(image_ids)} image ids")
         if h != w:
             raise ValueError(f"expected square model-input crops, got {h}x{w}")
+        for image_id in image_ids:
+            self._path(str(image_id))
+        if not self._checked:
+            self.check_labels()
         out = np.empty((b, h, w), dtype=self._dtype)
         for i, image_id in enumerate(image_ids):
-            out[i] = resize_center_crop(self.load_label(str(image_id)), h, nearest=True)
+            out[i] = self._crop(str(image_id), self.load_label(str(image_id)), h)
         return out
 
 
@@ -237,8 +426,13 @@ def resolve_device(device: str) -> str:
 class HFSegmenter:
     """A Hugging Face ``AutoModelForSemanticSegmentation`` checkpoint (hub id or local directory).
 
-    Logits are upsampled bilinearly to the crop's resolution before the argmax, as the processors'
-    ``post_process_semantic_segmentation`` does.
+    Label maps are pixel-aligned with the crops by construction, whatever the checkpoint's image
+    processor would do to their geometry (resize, centre crop, ``crop_pct``, padding,
+    ``size_divisor``): each whole crop is resized to the model's input size
+    (:func:`model_input_size`), the processor is called with ``do_resize``, ``do_center_crop``
+    and ``do_pad`` off so it only rescales and normalises, and the logits are upsampled bilinearly
+    (``align_corners=False``) back to the whole crop before the argmax. Both resizes map the
+    crop's full extent onto the other's, so no pixel moves.
     """
 
     def __init__(
@@ -310,19 +504,42 @@ class HFSegmenter:
         return processor, model
 
     def segment(self, images: np.ndarray, image_ids: Sequence[str] | None = None) -> np.ndarray:
+        """Label maps ``[B, H, W]`` (:func:`label_dtype`, indices into ``class_names``) for crops
+        ``uint8 [B, H, W, 3]`` of any size; ``image_ids`` is ignored.
+
+        Raises:
+            ValueError: bad images, or a processor that still changes the geometry.
+        """
         import torch
         import torch.nn.functional as F
 
         b, h, w = _check_images(images)
         out = np.empty((b, h, w), dtype=self._dtype)
+        th, tw = model_input_size(self.processor, h, w)
+        resample = _pil_resample(getattr(self.processor, "resample", None))
+        geometry_steps = ("do_resize", "do_center_crop", "do_pad")
+        geometry_off = {k: False for k in geometry_steps if hasattr(self.processor, k)}
         with torch.inference_mode():
             for start in range(0, b, self.batch_size):
-                batch = list(images[start : start + self.batch_size])
+                batch = [
+                    image if (h, w) == (th, tw)
+                    else np.array(Image.fromarray(image).resize((tw, th), resample))
+                    for image in images[start : start + self.batch_size]
+                ]
                 inputs = self.processor(
-                    images=batch, return_tensors="pt", input_data_format="channels_last"
+                    images=batch,
+                    return_tensors="pt",
+                    input_data_format="channels_last",
+                    **geometry_off,
                 )
-                pixel_values = inputs["pixel_values"].to(self.device)
-                logits = self.model(pixel_values=pixel_values).logits
+                pixel_values = inputs["pixel_values"]
+                if tuple(pixel_values.shape[-2:]) != (th, tw):
+                    raise ValueError(
+                        f"the image processor of segmenter {self.name} turned {th}x{tw} inputs "
+                        f"into {tuple(pixel_values.shape[-2:])} with its resizing, cropping and "
+                        "padding off, so its label maps could not be aligned with the crops"
+                    )
+                logits = self.model(pixel_values=pixel_values.to(self.device)).logits
                 logits = F.interpolate(
                     logits.float(), size=(h, w), mode="bilinear", align_corners=False
                 )
@@ -331,20 +548,89 @@ class HFSegmenter:
         return out
 
 
+def _size_field(size: Any, key: str) -> int | None:
+    """``size[key]`` of a processor's ``size``/``crop_size`` (a dict or a ``SizeDict``)."""
+    if size is None:
+        return None
+    value = size.get(key) if isinstance(size, Mapping) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def model_input_size(processor: Any, height: int, width: int) -> tuple[int, int]:
+    """``(height, width)`` to which :class:`HFSegmenter` resizes a whole ``height x width`` crop.
+
+    Follows the processor's own sizing rules, without its cropping or padding: ``crop_size``
+    when it centre-crops (the model was trained on crops of that size), else ``size``'s
+    ``height``/``width`` (DPT's ``keep_aspect_ratio`` keeps the scale closer to 1 on both axes,
+    as ``DPTImageProcessor`` does), else ``shortest_edge`` (capped by ``longest_edge``),
+    else the crop's own size (also when ``do_resize`` is off); each side is then rounded up to
+    a multiple of ``size_divisor`` and ``ensure_multiple_of`` (their least common multiple).
+    """
+    th, tw = height, width
+    size = getattr(processor, "size", None)
+    crop = getattr(processor, "crop_size", None)
+    if getattr(processor, "do_resize", True) is not False:
+        ch, cw = _size_field(crop, "height"), _size_field(crop, "width")
+        sh, sw = _size_field(size, "height"), _size_field(size, "width")
+        shortest = _size_field(size, "shortest_edge")
+        longest = _size_field(size, "longest_edge")
+        if getattr(processor, "do_center_crop", False) and ch and cw:
+            th, tw = ch, cw
+        elif sh and sw:
+            th, tw = sh, sw
+            if getattr(processor, "keep_aspect_ratio", False):
+                scale_h, scale_w = sh / height, sw / width
+                scale = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
+                th, tw = round(height * scale), round(width * scale)
+        elif shortest:
+            scale = shortest / min(height, width)
+            if longest:
+                scale = min(scale, longest / max(height, width))
+            th, tw = round(height * scale), round(width * scale)
+    multiple = math.lcm(
+        int(getattr(processor, "size_divisor", None) or 1),
+        int(getattr(processor, "ensure_multiple_of", None) or 1),
+    )
+    th, tw = (max(1, math.ceil(v / multiple)) * multiple for v in (th, tw))
+    return th, tw
+
+
+def _pil_resample(resample: Any) -> Image.Resampling:
+    """The processor's PIL resampling filter, bilinear when it names none PIL knows."""
+    try:
+        return Image.Resampling(int(resample))
+    except (TypeError, ValueError):
+        return Image.Resampling.BILINEAR
+
+
 def segmenter_from_spec(
     spec: str,
     *,
     label_paths: Mapping[str, str | Path] | None = None,
     class_names: Sequence[str] | None = None,
     device: str = "cpu",
+    reduce_labels: bool = False,
+    image_paths: Mapping[str, str | Path] | None = None,
 ) -> Segmenter | None:
     """Build a segmenter from a CLI spec: ``annotations``, ``hf``, ``hf:<id-or-dir>`` or ``none``.
 
-    ``label_paths`` and ``class_names`` describe the data set's own annotations and are used only
-    by ``annotations``.
+    ``label_paths``, ``class_names``, ``image_paths`` (image id → photo, for the label-size check)
+    and ``reduce_labels`` (1-based label PNGs such as ADE20K's release: 0 → unlabelled,
+    v → v − 1; see :class:`AnnotationSegmenter`) describe the data set's own annotations and are
+    used only by ``annotations``.
+
+    Raises:
+        ValueError: an unknown spec, ``annotations`` without label maps or class names, or
+            ``reduce_labels`` with a model segmenter (its outputs are already 0-based).
+        SegmenterUnavailable: the Hugging Face model cannot be loaded.
     """
     s = spec.strip()
     key = s.lower()
+    if reduce_labels and key != "annotations":
+        raise ValueError(
+            f"--reduce-labels applies to --segmenter annotations only, not to {spec!r}, whose "
+            "model already predicts 0-based classes"
+        )
     if key == "none":
         return None
     if key == "annotations":
@@ -355,7 +641,9 @@ def segmenter_from_spec(
             )
         if not class_names:
             raise ValueError("--segmenter annotations: the data set declares no class names")
-        return AnnotationSegmenter(label_paths, class_names)
+        return AnnotationSegmenter(
+            label_paths, class_names, reduce_labels=reduce_labels, image_paths=image_paths
+        )
     if key == "hf":
         return HFSegmenter(DEFAULT_HF_MODEL, device=device)
     if key.startswith("hf:"):

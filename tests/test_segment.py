@@ -47,7 +47,7 @@ def test_annotation_labels_are_center_cropped_aligned_and_exact(tmp_path: Path) 
     # 16 x 24 photo → shorter side 8 (factor 2) → 8 x 12 → center crop keeps columns 2..9.
     label = _block_label(16, 24)
     label[0:2, :] = 255  # first output row: unlabelled
-    label[2:4, 4:6] = 200  # >= 150 classes: becomes unlabelled too (output pixel (1, 2) → col 0)
+    label[2:4, 4:6] = 255  # the 8-bit ignore value again, at output pixel (1, 0)
     label_path = _write_png(tmp_path / "a.png", label)
     seg = AnnotationSegmenter({"a": label_path}, ADE20K_CLASSES)
 
@@ -75,14 +75,15 @@ def test_annotation_labels_are_center_cropped_aligned_and_exact(tmp_path: Path) 
 
 
 def test_annotation_own_class_list_and_uint16(tmp_path: Path) -> None:
-    # CamVid-like 11 classes: values >= 11 are unlabelled (255).
-    small = np.array([[0, 10, 11, 42]] * 4, dtype=np.uint8)
+    # CamVid-like 11 classes: 255 is unlabelled (values 11..254 are refused, see
+    # test_segment_labels.py).
+    small = np.array([[0, 10, 255, 255]] * 4, dtype=np.uint8)
     seg11 = AnnotationSegmenter({"x": _write_png(tmp_path / "x.png", small)}, list("abcdefghijk"))
     out = seg11.segment(np.zeros((1, 4, 4, 3), np.uint8), ["x"])
     np.testing.assert_array_equal(out[0, 0], [0, 10, 255, 255])
 
-    # More than 255 classes: uint16 maps, 16-bit PNG values survive, >= 300 → 65535.
-    wide = np.array([[0, 280, 299, 300]] * 4, dtype=np.uint16)
+    # More than 255 classes: uint16 maps, 16-bit PNG values survive, 65535 stays unlabelled.
+    wide = np.array([[0, 280, 299, 65535]] * 4, dtype=np.uint16)
     seg300 = AnnotationSegmenter(
         {"y": _write_png(tmp_path / "y.png", wide)}, [f"c{i}" for i in range(300)]
     )
@@ -166,6 +167,62 @@ def test_hf_segmenter_matches_model_argmax(tiny_segformer) -> None:
     np.testing.assert_array_equal(out, expected)
 
 
+def test_hf_segmenter_loads_upernet_with_a_centre_cropping_processor(tmp_path: Path) -> None:
+    """A tiny UPerNet/ConvNeXt saved with a ConvNeXt processor that centre-crops (crop_pct) loads
+    through from_pretrained; non-square crops are segmented whole (see test_segment_labels.py
+    for the alignment), not through the processor's crop."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import (
+        ConvNextConfig,
+        ConvNextImageProcessor,
+        UperNetConfig,
+        UperNetForSemanticSegmentation,
+    )
+
+    torch.manual_seed(0)
+    id2label = dict(enumerate(ADE20K_CLASSES))
+    backbone = ConvNextConfig(
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[8, 16, 24, 32],
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = UperNetConfig(
+        backbone_config=backbone,
+        hidden_size=16,
+        pool_scales=[1, 2],
+        use_auxiliary_head=False,
+        num_labels=len(ADE20K_CLASSES),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
+    model = UperNetForSemanticSegmentation(config).eval()
+    processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+
+    seg = HFSegmenter(tmp_path, batch_size=2)
+    assert type(seg.processor).__name__.startswith("ConvNextImageProcessor")
+    assert seg.processor.crop_pct == pytest.approx(0.875)
+    assert tuple(seg.class_names) == ADE20K_CLASSES
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 48, 72, 3), dtype=np.uint8)
+    out = seg.segment(images)
+    assert out.shape == (2, 48, 72) and out.dtype == np.uint8
+
+    # Reference: the whole crop resized to 32x48 (shortest edge 32), only normalised.
+    resized = [np.array(Image.fromarray(im).resize((48, 32), Image.Resampling.BICUBIC))
+               for im in images]
+    pixels = processor(images=resized, return_tensors="pt", do_resize=False,
+                       do_center_crop=False)["pixel_values"]
+    assert tuple(pixels.shape[-2:]) == (32, 48)
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits
+    expected = F.interpolate(logits, size=(48, 72), mode="bilinear", align_corners=False)
+    expected = expected.argmax(dim=1).numpy()
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(out, expected)
+
+
 @pytest.mark.parametrize("which", ["missing_dir", "empty_dir", "hub_id"])
 def test_hf_segmenter_unavailable_names_the_fix(
     tmp_path: Path, which: str, monkeypatch: pytest.MonkeyPatch
@@ -228,4 +285,10 @@ def test_segmenter_from_spec_forms(
         segmenter_from_spec("deeplab")
     with pytest.raises(ValueError, match="after 'hf:'"):
         segmenter_from_spec("hf:")
+    with pytest.raises(ValueError, match="--reduce-labels applies to --segmenter annotations"):
+        segmenter_from_spec(f"hf:{directory}", reduce_labels=True)
+    reduced = segmenter_from_spec(
+        "annotations", label_paths=labels, class_names=ADE20K_CLASSES, reduce_labels=True
+    )
+    assert isinstance(reduced, AnnotationSegmenter) and reduced.reduce_labels
     assert "segmenter" in NO_SEGMENTER_MESSAGE

@@ -1,8 +1,15 @@
 """The 150 ADE20K scene-parsing classes, in the order of the benchmark's label indices.
 
-Index ``i`` here is the ``id2label[i]`` of Hugging Face ADE20K checkpoints (label 0 is *wall*;
-the benchmark's "other" class is dropped). The synthetic data set writes these indices into its
-label maps, so its annotations and a real ADE20K segmenter speak the same vocabulary.
+Index ``i`` here is the ``id2label[i]`` of Hugging Face ADE20K checkpoints: **0-based**, label 0
+is *wall*, and the benchmark's "other" class is dropped. The synthetic data set writes these
+indices into its label maps, so its annotations and a real ADE20K segmenter speak the same
+vocabulary.
+
+ADE20K's own release (SceneParsing ``ADEChallengeData2016/annotations/*.png``) is **1-based**:
+0 = "other" (not one of the 150), 1..150 = wall..flag (objectInfo150.csv). Read such PNGs with
+``AnnotationSegmenter(..., reduce_labels=True)`` (CLI ``--reduce-labels``), which maps 0 to
+unlabelled and ``v`` to ``v - 1`` like Hugging Face's ``do_reduce_labels``; without it the value
+150 is refused (see :class:`cityviz.segment.AnnotationSegmenter`).
 """
 
 ADE20K_CLASSES: tuple[str, ...] = (
