@@ -7,17 +7,35 @@ head is differentiated, and only with respect to ``A`` (``torch.autograd.grad``)
 gradient is computed or written. No hooks are registered, and nothing is stored between calls, so
 one model can serve many threads (dashboard sessions) at once.
 
+The caller's model is never modified: not its mode flags, parameters, buffers, ``requires_grad``
+flags or hooks. A model (any submodule) in training mode is refused with a ``ValueError``
+(:func:`~cityviz.models.archs.require_eval`) rather than switched to eval mode: in training mode
+batch norm would normalise with the batch's statistics (an image's CAM would depend on the other
+images of its batch) and overwrite its running statistics, and dropout would make two identical
+calls disagree; switching the mode, even inside a context manager that restores it, would
+mutate a model that another thread may be running at that moment.
+
 With ``G = d score / dA`` (``score`` = the target class's logit, before softmax):
 
 * ``gradcam``   (Selvaraju et al. 2017): ``w_k = mean_hw G_k``, ``cam = ReLU(Σ_k w_k A_k)``;
 * ``hirescam``  (Draelos & Carin 2020): ``cam = ReLU(Σ_k G_k ⊙ A_k)``;
 * ``layercam``  (Jiang et al. 2021): ``cam = ReLU(Σ_k ReLU(G_k) ⊙ A_k)``;
-* ``gradcam++`` (Chattopadhay et al. 2018), closed form for an exponential score as in
-  pytorch-grad-cam: ``alpha = G² / (2 G² + (Σ_hw A_k) G³)`` (0 where ``G = 0``),
-  ``w_k = Σ_hw alpha ⊙ ReLU(G_k)``, ``cam = ReLU(Σ_k w_k A_k)``.
+* ``gradcam++`` (Chattopadhay et al. 2018, WACV, eq. 19, for the exponential score
+  ``Y = exp(S)`` the paper uses): ``alpha = G² / (2 G² + (Σ_hw A_k) G³)``,
+  ``w_k = Σ_hw alpha ⊙ ReLU(G_k)``, ``cam = ReLU(Σ_k w_k A_k)``. Only ``G > 0`` contributes
+  (``ReLU(G) = 0`` elsewhere), and there ``G²`` cancels exactly:
+  ``alpha = 1 / (2 + (Σ_hw A_k) G)``, which is what is computed. The target layers are
+  post-ReLU (``Σ_hw A_k >= 0``), so the denominator is at least 2 and needs no epsilon (where a
+  non-ReLU layer makes it exactly 0, the paper's alpha is undefined and 0 is used).
+  pytorch-grad-cam (and cityviz before) adds an absolute ``1e-6`` to the denominator
+  ``2 G² + (Σ A) G³``; with logit gradients of 1e-3…1e-6, usual for random or freshly trained
+  networks, that epsilon dominates ``2 G²`` and shrinks the alphas of small gradients towards 0,
+  which moved normalised masks by up to 0.13 (random-init Simple) and 0.32 (trained models)
+  from the paper's.
 
 The scores of a batch are summed before differentiating: each image's logits depend only on its
-own activations (models in eval mode), so each image's CAM equals its CAM computed alone.
+own activations (models in eval mode, enforced), so each image's CAM equals its CAM computed
+alone.
 
 :func:`mask_norm` is the one definition of the normalised mask used everywhere else (statistics,
 agreement rate, embeddings, thumbnails); :func:`explanation` is the paper's visual explanation.
@@ -25,6 +43,8 @@ agreement rate, embeddings, thumbnails); :func:`explanation` is the paper's visu
 
 from __future__ import annotations
 
+import copy
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,19 +52,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cityviz.models.archs import normalize, split_model
+from cityviz.models.archs import normalize, require_eval, split_model
 
 METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
                 "layercam": "LayerCAM"}  # fmt: skip
 
 DEFAULT_THRESHOLD = 0.5
+# Bumped whenever a method's maps change for the same model and image (2: Grad-CAM++ in the exact
+# form of eq. 19, without the epsilon); part of the cams stage's identity in a cache.
+CAM_VERSION = 2
 """Mask value at or above which a pixel belongs to the visual explanation.
 
 The paper does not state its threshold; 0.5 keeps the top half of the range of each min-max
 normalised mask (:func:`mask_norm`)."""
-
-_GRADCAMPP_EPS = 1e-6  # as in pytorch-grad-cam; keeps the alpha denominator away from zero
 
 
 @dataclass
@@ -89,11 +110,11 @@ def _combine(a: torch.Tensor, g: torch.Tensor, method: str) -> torch.Tensor:
     elif method == "layercam":
         cam = (g.clamp_min(0) * a).sum(1)
     elif method == "gradcam++":
-        g2 = g * g
-        g3 = g2 * g
-        denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g3 + _GRADCAMPP_EPS
-        alpha = torch.where(g != 0, g2 / denom, torch.zeros_like(g))
-        weights = (alpha * g.clamp_min(0)).sum((2, 3))
+        g_pos = g.clamp_min(0)
+        denom = 2 + a.sum((2, 3), keepdim=True) * g_pos  # = (2 G² + Σ A · G³) / G² for G > 0
+        ok = (g > 0) & (denom != 0)
+        alpha = torch.where(ok, 1 / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
+        weights = (alpha * g_pos).sum((2, 3))
         cam = torch.einsum("bk,bkhw->bhw", weights, a)
     else:
         raise ValueError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}")
@@ -108,27 +129,44 @@ def compute_cams(
     target: int | torch.Tensor | None = None,
     method: str = "gradcam",
 ) -> CamResult:
-    """CAMs for a batch of normalised inputs ``x`` [B,3,H,W].
+    """CAMs for a batch of normalised inputs ``x`` [B,3,H,W] (float, on the model's device).
 
     ``target``: None explains each image's predicted class, an int that class for every image, a
     LongTensor [B] one class per image (e.g. the true city). ``trunk`` and ``head`` come from
-    :func:`~cityviz.models.archs.split_model` and should be in eval mode.
+    :func:`~cityviz.models.archs.split_model`. Formulas and sources: module docstring.
+
+    Raises ``ValueError`` for an unknown ``method``, a ``target`` of the wrong length or out of
+    range, and a model in training mode (see the module docstring: the model is never switched,
+    copied or otherwise modified, so one model may serve several threads at once). Works inside
+    ``torch.no_grad()`` and ``torch.inference_mode()`` blocks as well.
     """
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}")
-    with torch.no_grad():
-        acts = trunk(x)
-    acts = acts.detach().requires_grad_()
-    with torch.enable_grad():
-        logits = head(acts)
-        idx = _target_index(target, logits)
-        score = logits.gather(1, idx[:, None]).sum()
-        (grads,) = torch.autograd.grad(score, acts)
-    with torch.no_grad():
-        cams = _combine(acts.detach(), grads, method).float()
-        logits = logits.detach()
-        probs = logits.float().softmax(1)
+    require_eval(trunk, head, what="Computing CAMs")
+    with torch.inference_mode(False):
+        with torch.no_grad():
+            acts = trunk(x)
+        # a fresh leaf: never the caller's input (identity trunk) or an inference-mode tensor
+        acts = acts.detach().clone().requires_grad_()
+        with torch.enable_grad():
+            logits = head(acts)
+            idx = _target_index(target, logits)
+            score = logits.gather(1, idx[:, None]).sum()
+            (grads,) = torch.autograd.grad(score, acts)
+        with torch.no_grad():
+            cams = _combine(acts.detach(), grads, method).float()
+            logits = logits.detach()
+            probs = logits.float().softmax(1)
     return CamResult(cams=cams, logits=logits, probs=probs, target=idx)
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    """Whether a tensor on ``have`` is on ``want`` (``cuda`` means the current CUDA device)."""
+    if have.type != want.type:
+        return False
+    if want.index is None and want.type == "cuda":
+        return have.index == torch.cuda.current_device()
+    return want.index is None or have.index == want.index
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -226,13 +264,19 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
 class Explainer:
     """CAMs for raw images from one model; stateless between calls, so threads may share it.
 
-    The model is put in eval mode and on ``device``, and split at its Grad-CAM target layer once.
+    ``model`` must be in eval mode (``ValueError`` otherwise, here and at every call, since the
+    caller may switch it later); it is split at its Grad-CAM target layer once and never
+    modified. If its parameters and buffers are not all on ``device``, the explainer works on a
+    copy moved there, so the caller's model is not moved either.
     """
 
     def __init__(self, model: nn.Module, arch: str, device: str | torch.device = "cpu") -> None:
         self.arch = arch
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        require_eval(model, what="An Explainer")
+        tensors = itertools.chain(model.parameters(), model.buffers())
+        on_device = all(_same_device(t.device, self.device) for t in tensors)
+        self.model = model if on_device else copy.deepcopy(model).to(self.device)
         self.trunk, self.head = split_model(self.model, arch)
 
     def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,7 @@ def tiny_net() -> tuple[nn.Module, nn.Module]:
     head = nn.Sequential(nn.Flatten(1), nn.Linear(8, 2, bias=False))
     with torch.no_grad():
         head[1].weight.copy_(W)
-    return nn.Identity(), head
+    return nn.Identity().eval(), head.eval()
 
 
 def fr(*rows: tuple) -> torch.Tensor:
@@ -186,10 +186,84 @@ def test_batch_independent(models, method: str) -> None:
         torch.testing.assert_close(batch.cams[i : i + 1], alone.cams, rtol=1e-4, atol=1e-5 * scale)
 
 
+class ScaledHead(nn.Module):
+    """``head`` with its logits multiplied by ``scale``: every gradient G scales with it."""
+
+    def __init__(self, head: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.head, self.scale = head, scale
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.head(a) * self.scale
+
+
+def paper_reference_f64(model, arch, x, target, method, scale) -> torch.Tensor:
+    """Raw CAMs in float64, each written straight from its paper (module docstring of cam.py).
+
+    Grad-CAM++ is Chattopadhay et al. 2018, eq. 19, as printed: alpha = G² / (2 G² + Σ_ab A · G³)
+    and w_k = Σ alpha · ReLU(G); float64 holds G³ down to |G| ~ 1e-100, so this form is exact at
+    every gradient scale tested. Where the printed denominator is 0 (G = 0) alpha is 0.
+    """
+    model = copy.deepcopy(model).double()
+    trunk, head = split_model(model, arch)
+    with torch.no_grad():
+        a = trunk(x.double())
+    a.requires_grad_()
+    logits = head(a) * scale
+    (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), a)
+    a = a.detach()
+    if method == "gradcam":
+        cam = torch.einsum("bk,bkhw->bhw", g.mean((2, 3)), a)
+    elif method == "hirescam":
+        cam = (g * a).sum(1)
+    elif method == "layercam":
+        cam = (torch.relu(g) * a).sum(1)
+    else:
+        g2, g3 = g**2, g**3
+        denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g3
+        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1.0), 0.0)
+        cam = torch.einsum("bk,bkhw->bhw", (alpha * torch.relu(g)).sum((2, 3)), a)
+    return torch.relu(cam)
+
+
+@pytest.mark.parametrize("arch", ["simple", "resnet18"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e-6])
+def test_matches_float64_paper_formulas_at_every_gradient_scale(models, arch, method, scale):
+    """Random-init networks have logit gradients of 1e-3…1e-7 already; ×1e-3 and ×1e-6 go far
+    below, where an absolute epsilon in Grad-CAM++'s denominator (pytorch-grad-cam's 1e-6)
+    moved masks by up to 0.13 from the paper's."""
+    model = models[arch]
+    x = normalize(images(3, seed=7), arch)
+    target = torch.tensor([0, 2, 4])
+    ref = paper_reference_f64(model, arch, x, target, method, scale)
+    assert ref.amax() > 0
+    trunk, head = split_model(model, arch)
+    ours = compute_cams(trunk, ScaledHead(head, scale).eval(), x, target=target, method=method)
+    peak = float(ref.amax())
+    torch.testing.assert_close(ours.cams.double(), ref, rtol=1e-4, atol=1e-5 * peak)
+    diff = np.abs(mask_norm(ours.cams, SIZE) - mask_norm(ref.float(), SIZE))
+    assert diff.max() < 1e-4
+
+
+def test_gradcampp_where_activations_sum_below_zero() -> None:
+    """A non-ReLU target layer: Σ_hw A_k < 0. Channel 0 (Σ A = -1) with G = 1 everywhere has
+    alpha = 1 / (2 - 1) = 1 per pixel, w_0 = 4; channel 1 (Σ A = -0.5) with G = 4 has
+    2 + (-0.5)·4 = 0, where the paper's alpha is undefined: w_1 = 0 (no inf, no NaN)."""
+    a = torch.tensor([[[[-1.0, 0.5], [0.0, -0.5]], [[0.5, -1.0], [0.0, 0.0]]]])
+    head = nn.Sequential(nn.Flatten(1), nn.Linear(8, 1, bias=False)).eval()
+    with torch.no_grad():
+        head[1].weight.copy_(torch.tensor([[1.0] * 4 + [4.0] * 4]))
+    res = compute_cams(nn.Identity().eval(), head, a, target=0, method="gradcam++")
+    expected = torch.relu(4 * a[0, 0])
+    torch.testing.assert_close(res.cams[0], expected)
+
+
 class GradModeRecorder(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
+        self.training = False  # a wrapper only; the wrapped model's own flags stay as they are
         self.grad_enabled: list[bool] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

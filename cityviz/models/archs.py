@@ -266,8 +266,44 @@ def build_model(name: str, num_classes: int, *, pretrained: bool = False) -> nn.
 
 
 def split_model(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Module]:
-    """``(trunk, head)`` of ``model`` at its Grad-CAM target layer (see module docstring)."""
-    return get_arch(arch).split(model)
+    """``(trunk, head)`` of ``model`` at its Grad-CAM target layer (see module docstring).
+
+    Nothing is copied and ``model`` is not changed: the halves are new containers around
+    ``model``'s own submodules, so they share its parameters, buffers and mode flags. The glue
+    modules the split creates (``Sequential``, ``Flatten``; nothing that behaves differently in
+    training) are set to eval mode, so that :func:`require_eval` on the halves sees exactly the
+    mode of ``model``'s own submodules, whenever it is called.
+    """
+    trunk, head = get_arch(arch).split(model)
+    own = {id(m) for m in model.modules()}
+    for half in (trunk, head):
+        for m in half.modules():
+            if id(m) not in own:
+                m.training = False
+    return trunk, head
+
+
+def require_eval(*modules: nn.Module, what: str = "this function") -> None:
+    """Raise ``ValueError`` unless every submodule of ``modules`` is in eval mode.
+
+    The contract of every cityviz function that runs a model for inference (CAMs, predictions):
+    the caller's model is never modified, so a model in training mode is refused rather than
+    switched. In training mode batch norm normalises with the batch's statistics (outputs depend
+    on the other images of the batch) and overwrites its running statistics, and dropout makes
+    two identical calls disagree. Switching to eval mode and back would itself mutate a model
+    that other threads (dashboard sessions) may be running at that moment, and a private copy
+    per call would cost a model's memory (VGG11: 0.5 GB) each time, so the caller, who owns the
+    model, is asked to call ``model.eval()`` once.
+    """
+    for module in modules:
+        for name, sub in module.named_modules():
+            if sub.training:
+                where = f" (e.g. submodule {name!r})" if name else ""
+                raise ValueError(
+                    f"{what} needs a model in eval mode, but it is in training mode{where}: "
+                    f"call model.eval() first (cityviz never changes a model's mode itself, "
+                    f"since one model may be shared by several threads)."
+                )
 
 
 def normalize(x: torch.Tensor, arch: str) -> torch.Tensor:
