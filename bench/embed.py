@@ -6,8 +6,15 @@ one discriminative object look alike), plus jitter and noise. Each fit includes 
 warm-up fit runs first so that one-off costs (imports, numba compilation in umap-learn) are
 reported separately and not charged to the first size.
 
-    python -m bench.embed                      # 5k, 10k and 30k points
-    python -m bench.embed --sizes 2000 5000 --methods tsne
+Two settings per method run interleaved, round after round, so that a change in machine load
+hits both alike: "old" (openTSNE's defaults: 250 + 500 iterations, Annoy neighbours; UMAP with
+its own pynndescent neighbours) and "new" (cityviz's defaults: :data:`cityviz.embed.TSNE_DEFAULTS`
+and exact sklearn neighbours). Per method, size and setting it prints the best and median wall
+time, the best CPU time, the 1-NN accuracy of the latent cluster in the 2-D map, and the largest
+coordinate difference between rounds (same seed: 0 means reproducible).
+
+    python -m bench.embed                      # 5k, 10k and 30k points, 2 rounds
+    python -m bench.embed --sizes 30000 --rounds 3 --methods tsne --settings new
 """
 
 from __future__ import annotations
@@ -56,39 +63,75 @@ def knn_accuracy(xy: np.ndarray, y: np.ndarray, n_eval: int = 2000, seed: int = 
     return float((y[idx[:, 1]] == y[sel]).mean())
 
 
+SETTINGS = {
+    "old": {
+        "tsne": {"knn": "native", "early_exaggeration_iter": 250, "n_iter": 500},
+        "umap": {"knn": "native"},
+    },
+    "new": {"tsne": {}, "umap": {}},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 10000, 30000])
     parser.add_argument("--methods", nargs="+", default=["tsne", "umap"])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--n-jobs", type=int, default=-1)
     args = parser.parse_args()
 
-    print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
+    print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()}")
     masks, cluster = synthetic_masks(max(args.sizes))
     features = masks_to_features(masks, res=32)
     del masks
     for method in args.methods:
-        start = time.perf_counter()
-        # umap-learn switches to (separately compiled) NN-descent from 4096 points: warm it too.
-        extra = {"force_approximation_algorithm": True} if method == "umap" else {}
-        MaskEmbedder(method, n_jobs=args.n_jobs, **extra).fit(features[:500])
-        elapsed = time.perf_counter() - start
-        print(f"{method}: warm-up fit of 500 points (imports, JIT) {elapsed:.1f} s")
+        for setting in args.settings:
+            kwargs = dict(SETTINGS[setting][method])
+            if method == "umap" and kwargs.get("knn") == "native":
+                # umap-learn switches to (separately compiled) NN-descent from 4096 points.
+                kwargs["force_approximation_algorithm"] = True
+            start = time.perf_counter()
+            MaskEmbedder(method, n_jobs=args.n_jobs, **kwargs).fit(features[:500])
+            elapsed = time.perf_counter() - start
+            print(f"{method} {setting}: warm-up fit of 500 points (imports, JIT) {elapsed:.1f} s")
 
     # cpu s = CPU time of this process over all its threads: unlike wall time it does not grow
     # when other work shares the cores (wall >= cpu / cores on an idle machine).
-    print(f"\n{'method':<6} {'points':>7} {'wall s':>8} {'cpu s':>8} {'1-NN acc':>9} {'load':>5}")
-    for n in args.sizes:
-        for method in args.methods:
-            start, cpu = time.perf_counter(), time.process_time()
-            xy = MaskEmbedder(method, n_jobs=args.n_jobs).fit_transform(features[:n])
-            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-            acc = knn_accuracy(xy, cluster[:n])
-            load = os.getloadavg()[0]
-            print(
-                f"{method:<6} {n:>7} {elapsed:>8.1f} {cpu:>8.1f} {acc:>9.3f} {load:>5.1f}",
-                flush=True,
-            )
+    runs: dict[tuple, list[tuple[float, float, float, np.ndarray]]] = {}
+    for r in range(args.rounds):
+        for n in args.sizes:
+            for method in args.methods:
+                for setting in args.settings:
+                    kwargs = SETTINGS[setting][method]
+                    start, cpu = time.perf_counter(), time.process_time()
+                    xy = MaskEmbedder(method, n_jobs=args.n_jobs, **kwargs).fit_transform(
+                        features[:n]
+                    )
+                    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+                    acc = knn_accuracy(xy, cluster[:n])
+                    load = os.getloadavg()[0]
+                    runs.setdefault((method, n, setting), []).append((elapsed, cpu, acc, xy))
+                    print(
+                        f"round {r}: {method} {n} {setting}: wall {elapsed:.1f} s, cpu {cpu:.1f} s,"
+                        f" 1-NN {acc:.3f}, load {load:.1f}",
+                        flush=True,
+                    )
+
+    print(f"\nload average at the end: {os.getloadavg()}")
+    print(
+        f"{'method':<6} {'points':>7} {'setting':<7} {'best s':>7} {'median s':>8} "
+        f"{'cpu s':>6} {'1-NN acc':>8} {'max |dxy|':>9}"
+    )
+    for (method, n, setting), rs in runs.items():
+        walls = [w for w, _, _, _ in rs]
+        cpus = [c for _, c, _, _ in rs]
+        accs = [a for _, _, a, _ in rs]
+        drift = max(float(np.abs(xy - rs[0][3]).max()) for _, _, _, xy in rs)
+        print(
+            f"{method:<6} {n:>7} {setting:<7} {min(walls):>7.1f} {np.median(walls):>8.1f} "
+            f"{min(cpus):>6.1f} {np.mean(accs):>8.3f} {drift:>9.2g}"
+        )
 
 
 if __name__ == "__main__":

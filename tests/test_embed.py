@@ -175,3 +175,48 @@ def test_hdbscan_marks_isolated_points_as_noise():
     assert labels[100:].tolist() == [-1, -1, -1]
     with pytest.raises(ValueError, match="kmeans"):
         cluster_points(dense, "spectral")
+
+
+# --------------------------------------------------------------------------- speed levers
+
+
+def test_same_seed_gives_the_same_map(blobs, tsne_fit):
+    X, _ = blobs
+    _, xy = tsne_fit
+    np.testing.assert_array_equal(MaskEmbedder("tsne", n_jobs=1).fit_transform(X), xy)
+    a = MaskEmbedder("umap", n_pca=20).fit_transform(X)
+    np.testing.assert_array_equal(MaskEmbedder("umap", n_pca=20).fit_transform(X), a)
+
+
+def test_exact_knn_matches_brute_force_with_self_first():
+    from cityviz.embed import exact_knn
+
+    Z = np.random.default_rng(4).random((60, 5))
+    idx, dist = exact_knn(Z, 7)
+    assert idx.shape == dist.shape == (60, 8) and dist.dtype == np.float32
+    assert idx[:, 0].tolist() == list(range(60)) and (dist[:, 0] == 0).all()
+    d = np.sqrt(((Z[:, None] - Z[None]) ** 2).sum(axis=2))
+    np.fill_diagonal(d, np.inf)
+    np.testing.assert_array_equal(np.sort(idx[:, 1:], axis=1), np.sort(np.argsort(d)[:, :7], 1))
+    np.testing.assert_allclose(dist[:, 1:], np.sort(d, axis=1)[:, :7], rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+def test_library_neighbours_still_available(blobs, method):
+    X, family = blobs
+    xy = MaskEmbedder(method, n_pca=20, n_jobs=1, knn="native").fit_transform(X)
+    assert xy.shape == (300, 2) and one_nn_accuracy(xy, family) > 0.95
+
+
+def test_umap_kernels_are_cached_on_disk(blobs):
+    from numba.core.caching import NullCache
+    from umap import layouts, umap_
+
+    X, _ = blobs
+    MaskEmbedder("umap", n_pca=20).fit(X[:50])
+    for fn in (
+        umap_.smooth_knn_dist,
+        umap_.compute_membership_strengths,
+        layouts._nb_optimize_layout_euclidean_single_epoch,
+    ):
+        assert not isinstance(fn._cache, NullCache), fn.__name__
