@@ -10,7 +10,7 @@ PORT   ?= 8501
 HOST   ?= 127.0.0.1
 ARGS   ?=
 
-.PHONY: demo precompute serve test lint bench clean-cache
+.PHONY: demo precompute serve test lint bench soak clean-cache
 
 $(BIN)/.runtime: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(BIN)/.dev
 	$(BIN)/python -m bench.train
 	$(BIN)/python -m bench.cam
 	$(BIN)/python -m bench.embed
+
+# 200 uploads on one server (RSS before, during, after) and 8 browser sessions at once (p50/p95
+# against one session alone); not part of `make test`
+soak: $(BIN)/.dev
+	$(BIN)/python -m bench.soak --uploads 200 --sessions 8 $(if $(wildcard $(CACHE)/manifest.json),--cache $(CACHE))
 
 clean-cache:
 	rm -rf $(CACHE)

@@ -164,6 +164,12 @@ def save_table(path: str | Path, df: pd.DataFrame) -> None:
         df.to_parquet(tmp, index=False)
 
 
+def inputs_rel(split: str, size: int, cache_size: int) -> str:
+    """Where a split's decoded images live: ``inputs/<split>.npy`` at the cache's own size,
+    ``inputs/<split>_<size>px.npy`` at a model input size other than the cache's."""
+    return f"inputs/{split}.npy" if size == cache_size else f"inputs/{split}_{size}px.npy"
+
+
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 

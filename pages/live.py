@@ -1,4 +1,10 @@
-"""Live Grad-CAM: upload a street photo (or pick a test image) and see what every model looks at."""
+"""Live Grad-CAM: upload a street photo (or pick a test image) and see what every model looks at.
+
+Every cache part this page reads is read inside its own :func:`pages.common.section` (or per
+model), so a damaged part disables only what depends on it, with one sentence naming the file
+and the command that rebuilds it. Every string from data (city, class and model names, file
+names) is shown through :func:`cityviz.ui.safe_text.md_escape`.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,23 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cityviz import cam, segment
+from cityviz import cam, ood, segment
 from cityviz.data.images import ImageDecodeError, decode_image, resize_center_crop
 from cityviz.models.checkpoint import load_checkpoint
-from cityviz.store import Cache, CacheError
+from cityviz.store import (
+    Cache,
+    CacheError,
+    damaged,
+    inputs_rel,
+    read_array,
+    read_arrays,
+    thumb_location,
+)
 from cityviz.ui import compare as uc
 from cityviz.ui import figures
 from cityviz.ui import live as ul
-from pages.common import current_cache
+from cityviz.ui.safe_text import md_escape
+from pages.common import cache_mtime, current_cache, model_labels, section
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +39,13 @@ SAMPLE = "Sample from the test set"
 NEIGHBOURS = 6
 
 
-def _mtime(cache: Cache) -> float:
-    return (cache.root / "manifest.json").stat().st_mtime
-
-
-@st.cache_resource(show_spinner="Loading a model (once for all sessions)…")
+@st.cache_resource(show_spinner="Loading a model (once for all sessions)…", max_entries=32)
 def _explainer(root: str, mtime: float, model_id: str) -> tuple[cam.Explainer, dict]:
-    """The model in eval mode behind a stateless Explainer: safe to share between sessions."""
+    """The model in eval mode behind a stateless Explainer: safe to share between sessions.
+    Raises :class:`~cityviz.models.checkpoint.CheckpointError` for a damaged checkpoint."""
     cache = Cache(root)
     entry = cache.model(model_id)
-    model, meta = load_checkpoint(cache.root / entry.get("checkpoint", f"models/{model_id}"))
+    model, meta = load_checkpoint(cache.root / str(entry.get("checkpoint", f"models/{model_id}")))
     return cam.Explainer(model, meta["arch"]), meta
 
 
@@ -42,19 +54,60 @@ def _segmenter(spec: str):
     return segment.segmenter_from_spec(spec)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+# Per-photo results: bounded, so a server that analyses photos all day keeps a fixed footprint
+# (each entry is a few probabilities, one display-size mask and one feature vector).
+@st.cache_data(show_spinner=False, max_entries=64, ttl=3600)
 def _predict(
     root: str, mtime: float, model_id: str, method: str, digest: str, _image: np.ndarray
 ) -> ul.ModelResult:
-    """One model's prediction and mask for a photo, cached by the photo's digest."""
+    """One model's prediction, mask and features for a photo, cached by the photo's digest."""
     cache = Cache(root)
     explainer, meta = _explainer(root, mtime, model_id)
-    size = int(meta.get("input_size") or cache.model(model_id).get("input_size") or 224)
-    cities = list(meta.get("classes") or cache.cities)
+    size = int(meta["input_size"])
+    cities = [str(c) for c in meta["classes"]]
     return ul.predict(explainer, _image, size, cache.image_size, cities, method, model_id)
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_resource(show_spinner="Measuring how far photos are from the test set (once)…",
+                   max_entries=32)  # fmt: skip
+def _ood_reference(root: str, mtime: float, model_id: str) -> dict[str, np.ndarray]:
+    """The model's OOD reference: ``ood/<model_id>.npz`` when precompute wrote it, else fitted
+    here on (at most :data:`ul.MAX_REFERENCE_IMAGES` of) the test images at the model's input
+    size. Raises :class:`CacheError` naming the file when a part is damaged."""
+    cache = Cache(root)
+    rel = f"ood/{model_id}.npz"
+    if (cache.root / rel).exists():
+        reference = read_arrays(root, rel)
+        try:
+            ood.check_reference(reference)
+        except ValueError as exc:
+            raise damaged(root, rel, f"is not an OOD reference ({exc})") from exc
+        return reference
+    explainer, meta = _explainer(root, mtime, model_id)
+    size = int(meta["input_size"])
+    rel = inputs_rel("test", size, cache.image_size)
+    if (cache.root / rel).exists():
+        arr = read_array(root, rel, kinds="u", ndim=4)
+        images = np.asarray(arr[ul.spread_rows(len(arr))])
+    else:  # caches without decoded inputs: decode the test photos themselves
+        test = cache.test_images()
+        paths = test["path"].to_numpy()[ul.spread_rows(len(test))]
+        decoded = []
+        for path in paths:
+            try:
+                decoded.append(resize_center_crop(decode_image(str(path)), size))
+            except ImageDecodeError:
+                continue
+        if not decoded:
+            raise CacheError(f"No test photo listed in {root}/images.parquet is readable.")
+        images = np.stack(decoded)
+    try:
+        return ood.reference_from_images(explainer, images)
+    except ValueError as exc:
+        raise CacheError(f"The test photos of {root} cannot serve as a reference ({exc}).") from exc
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
 def _test_images(root: str, mtime: float) -> pd.DataFrame:
     return Cache(root).test_images()
 
@@ -71,29 +124,42 @@ def _embedder(root: str, mtime: float, model_id: str, method: str):
     return Cache(root).embedder(model_id, method)
 
 
+def _weights_file(entry: dict) -> str:
+    return f"{entry.get('checkpoint', 'models/' + str(entry['model_id']))}.safetensors"
+
+
 def _usable_models(cache: Cache) -> list[str]:
-    return [
-        m["model_id"]
-        for m in cache.models
-        if (cache.root / f"{m.get('checkpoint', 'models/' + m['model_id'])}.safetensors").exists()
-    ]
+    return [m["model_id"] for m in cache.models if (cache.root / _weights_file(m)).exists()]
+
+
+def _tile(cache: Cache, kind: str, row: int) -> np.ndarray | None:
+    """A sprite-sheet tile, None when the cache has no such sheet; CacheError when damaged."""
+    tile = uc.thumb_tile(cache, kind, row)
+    if tile is None:
+        per_row = int((cache.thumbs or {}).get("per_row", 16))
+        sheet = cache.thumb_sheet(kind, thumb_location(row, per_row)[0])
+        if sheet.exists():
+            rel = str(sheet.relative_to(cache.root))
+            raise damaged(cache.root, rel, "cannot be read as a JPEG sprite sheet")
+    return tile
 
 
 def _pick_photo(cache: Cache) -> tuple[ul.Upload | None, int | None]:
     """The photo to analyse (or None), and its test row when it is a sample."""
     source = st.radio("Photo", [UPLOAD, SAMPLE], horizontal=True, key="live_source")
     if source == UPLOAD:
+        limit = ul.upload_limit_mb(st.get_option("server.maxUploadSize"))
         file = st.file_uploader(
             "Upload a street photo",
             type=None,
             key="live_upload",
-            max_upload_size=50,
-            help="JPEG, PNG or WebP, up to 20 MB and 25 megapixels.",
+            max_upload_size=limit,
+            help=ul.upload_help(limit),
         )
         if file is None:
             return None, None
-        return ul.read_upload(file.getvalue(), file.name), None
-    samples = ul.sample_rows(_test_images(str(cache.root), _mtime(cache)))
+        return ul.read_upload(file.getvalue(), file.name, max_bytes=limit * 2**20), None
+    samples = ul.sample_rows(_test_images(str(cache.root), cache_mtime(cache)))
     if samples.empty:
         st.info("This cache has no test images to pick from.")
         return None, None
@@ -104,7 +170,7 @@ def _pick_photo(cache: Cache) -> tuple[ul.Upload | None, int | None]:
         image = decode_image(str(pick["path"]))
         return ul.Upload(image=image, digest=f"row{row}:{pick['image_id']}"), row
     except ImageDecodeError:
-        tile = uc.thumb_tile(cache, "orig", row)
+        tile = _tile(cache, "orig", row)
         if tile is None:
             return ul.Upload(error="The sample photo cannot be read on this machine."), row
         note = "The source photo is not on this machine; its 96 px thumbnail is used instead."
@@ -114,13 +180,16 @@ def _pick_photo(cache: Cache) -> tuple[ul.Upload | None, int | None]:
 def _segmentation(cache: Cache, crop: np.ndarray, row: int | None):
     """``(labels [S,S], class_names)`` for the photo, or None after saying why not."""
     seg = cache.manifest.get("segmenter") or {}
-    spec = str(seg.get("spec", "none"))
+    spec = str(seg.get("spec", "none")) if isinstance(seg, dict) else "none"
     if spec.lower() == "none" or not seg:
         st.info(segment.NO_SEGMENTER_MESSAGE)
         return None
     if spec.lower() == "annotations":
+        if row is None:
+            st.info(ul.ANNOTATIONS_MESSAGE)
+            return None
         names = cache.class_names()
-        if row is not None and cache.has_labels and names:
+        if cache.has_labels and names:
             labels = np.asarray(cache.labels()[row])
             if labels.shape != crop.shape[:2]:
                 labels = resize_center_crop(labels, crop.shape[0], nearest=True)
@@ -130,7 +199,7 @@ def _segmentation(cache: Cache, crop: np.ndarray, row: int | None):
     try:
         segmenter = _segmenter(spec)
     except (segment.SegmenterUnavailable, ValueError, OSError) as exc:
-        st.warning(str(exc))
+        st.warning(md_escape(exc))
         return None
     if segmenter is None:
         st.info(segment.NO_SEGMENTER_MESSAGE)
@@ -138,14 +207,30 @@ def _segmentation(cache: Cache, crop: np.ndarray, row: int | None):
     return segmenter.segment(crop[None])[0], list(segmenter.class_names)
 
 
-def _model_card(result: ul.ModelResult, crop, threshold, display, cities, seg) -> None:
+def _ood_caveat(cache: Cache, result: ul.ModelResult) -> None:
+    """The out-of-distribution caveat under a prediction (or why it cannot be checked)."""
+    try:
+        reference = _ood_reference(str(cache.root), cache_mtime(cache), result.model_id)
+        check = ul.ood_check(reference, result)
+    except (CacheError, ValueError) as exc:
+        st.caption(md_escape(f"Cannot check whether the photo is like the test photos: {exc}"))
+        return
+    if check is not None and check[2]:
+        st.warning(ul.OOD_MESSAGE, icon="⚠️")
+
+
+def _model_card(cache, result: ul.ModelResult, crop, threshold, display, seg) -> None:
     with st.container(border=True):
+        name = display.get(result.model_id, result.model_id)
         st.markdown(
-            f"**{display.get(result.model_id, result.model_id)}** predicts "
-            f"**{result.city}** ({result.confidence:.1%})"
+            f"**{md_escape(name)}** predicts **{md_escape(result.city)}** "
+            f"({result.confidence:.1%})"
         )
+        _ood_caveat(cache, result)
         c1, c2, c3 = st.columns([5, 3, 3])
-        c1.plotly_chart(figures.prob_bars(result.probs, cities), width="stretch")
+        classes = [str(c) for c in _explainer(str(cache.root), cache_mtime(cache),
+                                              result.model_id)[1]["classes"]]  # fmt: skip
+        c1.plotly_chart(figures.prob_bars(result.probs, classes), width="stretch")
         over, expl = ul.views(crop, result.mask, threshold)
         c2.image(over, caption="Grad-CAM overlay", width="stretch")
         c3.image(expl, caption=f"Visual explanation (mask ≥ {threshold:.2f})", width="stretch")
@@ -154,14 +239,14 @@ def _model_card(result: ul.ModelResult, crop, threshold, display, cities, seg) -
             parts = ul.object_breakdown(result.mask, labels, threshold, names).head(6)
             parts = parts[parts["explained"] > 0]
             if len(parts):
-                text = ", ".join(f"{o} {s:.0%}" for o, s in zip(parts["object"], parts["share"],
-                                                                 strict=True))  # fmt: skip
+                pairs = zip(parts["object"], parts["share"], strict=True)
+                text = ", ".join(f"{md_escape(o)} {s:.0%}" for o, s in pairs)
                 st.caption(f"The explanation is made of: {text}")
 
 
 def _map_section(cache: Cache, results: list[ul.ModelResult], display: dict[str, str]) -> None:
     st.subheader("Where would this photo land on the explanation map?")
-    root, mtime = str(cache.root), _mtime(cache)
+    root, mtime = str(cache.root), cache_mtime(cache)
     methods = list(cache.manifest.get("config", {}).get("embed_methods") or ["tsne", "umap"])
     with_map = [
         r for r in results
@@ -170,7 +255,7 @@ def _map_section(cache: Cache, results: list[ul.ModelResult], display: dict[str,
     if not with_map:
         st.info(
             "This cache has no fitted explanation maps yet (embed/<model>_<method>.npz); the "
-            f"embed stage of `python -m precompute --cache {cache.root}` builds them."
+            f"embed stage of `python -m precompute --cache {md_escape(cache.root)}` builds them."
         )
         return
     c1, c2 = st.columns(2)
@@ -179,42 +264,46 @@ def _map_section(cache: Cache, results: list[ul.ModelResult], display: dict[str,
     avail = [m for m in methods if (cache.root / f"embed/{model_id}_{m}.npz").exists()]
     names = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
     method = c2.radio(
-        "Map", avail, horizontal=True, key="live_map_method", format_func=lambda m: names.get(m, m)
-    )
+        "Map", avail, horizontal=True, key="live_map_method",
+        format_func=lambda m: md_escape(names.get(m, m)),
+    )  # fmt: skip
     result = next(r for r in with_map if r.model_id == model_id)
-    try:
+    with section("The map"):
         embedder = _embedder(root, mtime, model_id, method)
         points = _embedding(root, mtime, model_id)
-    except CacheError as exc:
-        st.info(str(exc))
-        return
-    xy, near = ul.place_on_map(embedder, result.mask, NEIGHBOURS)
-    fig = figures.placement_map(points, f"{method}_x", f"{method}_y", tuple(xy), near.tolist())
-    st.plotly_chart(fig, width="stretch")
+        xy, near = ul.place_on_map(embedder, result.mask, NEIGHBOURS)
+        fig = figures.placement_map(points, f"{method}_x", f"{method}_y", tuple(xy), near.tolist())
+        st.plotly_chart(fig, width="stretch")
+        with section("The nearest test images"):
+            _neighbours(cache, model_id, near)
+
+
+def _neighbours(cache: Cache, model_id: str, near: np.ndarray) -> None:
     st.caption("Nearest test images (most similar Grad-CAM masks), with their explanations:")
-    test = _test_images(root, mtime).set_index("row")
+    test = _test_images(str(cache.root), cache_mtime(cache)).set_index("row")
+    tiles = [_tile(cache, f"{model_id}/overlay", int(row)) for row in near.tolist()]
     cols = st.columns(len(near))
-    for col, row in zip(cols, near.tolist(), strict=True):
-        tile = uc.thumb_tile(cache, f"{model_id}/overlay", int(row))
+    for col, row, tile in zip(cols, near.tolist(), tiles, strict=True):
         with col:
             if tile is not None:
                 st.image(tile, width="stretch")
             city = test["city"].get(int(row), "?")
-            st.caption(f"test image {row} · {city}")
+            st.caption(f"test image {row} · {md_escape(city)}")
 
 
 def _analyse(cache: Cache, photo: ul.Upload, row: int | None, models, method, threshold):
-    root, mtime = str(cache.root), _mtime(cache)
-    display = {m["model_id"]: m.get("display", m["model_id"]) for m in cache.models}
+    root, mtime = str(cache.root), cache_mtime(cache)
+    display = model_labels(cache)
     crop = resize_center_crop(photo.image, cache.image_size)
     results: list[ul.ModelResult] = []
     with st.spinner("Running the models…"):
         for model_id in models:
             try:
                 results.append(_predict(root, mtime, model_id, method, photo.digest, photo.image))
-            except (OSError, CacheError, KeyError, ValueError) as exc:
-                log.warning("cannot run model %s", model_id, exc_info=True)
-                st.warning(f"{display.get(model_id, model_id)} could not be run: {exc}")
+            except CacheError as exc:  # this model's checkpoint: the other models still run
+                log.info("cannot run model %s: %s", model_id, exc)
+                name = display.get(model_id, model_id)
+                st.warning(md_escape(f"{name} could not be run: {exc}"))
     if not results:
         return
     st.dataframe(
@@ -225,14 +314,15 @@ def _analyse(cache: Cache, photo: ul.Upload, row: int | None, models, method, th
     )  # fmt: skip
     left, right = st.columns([1, 3])
     left.image(crop, caption="What the models see (resized, centre-cropped)", width="stretch")
-    with right:
+    seg = None
+    with right, section("The segmentation"):
         seg = _segmentation(cache, crop, row)
         if seg is not None:
             labels, names = seg
             st.image(ul.colorize_labels(labels, len(names)), caption="Segmentation", width=220)
-    cities = cache.cities
     for result in results:
-        _model_card(result, crop, threshold, display, cities, seg)
+        with section(f"Model {display.get(result.model_id, result.model_id)}"):
+            _model_card(cache, result, crop, threshold, display, seg)
     _map_section(cache, results, display)
 
 
@@ -245,13 +335,20 @@ def main() -> None:
         "pixels whose Grad-CAM value is at least the threshold."
     )
     models = _usable_models(cache)
+    display = model_labels(cache)
+    for entry in cache.models:
+        if entry["model_id"] not in models:
+            st.warning(md_escape(
+                f"{display.get(entry['model_id'])} is not available: its weights "
+                f"{_weights_file(entry)} are missing; rebuild them with `python -m precompute "
+                f"--cache {cache.root} --force --stages train`."
+            ))  # fmt: skip
     if not models:
         st.info(
             "This cache has no model checkpoints (models/<model>.safetensors), so nothing can be "
-            f"run live; `python -m precompute --cache {cache.root}` trains them."
+            f"run live; `python -m precompute --cache {md_escape(cache.root)}` trains them."
         )
         return
-    display = {m["model_id"]: m.get("display", m["model_id"]) for m in cache.models}
     config = cache.manifest.get("config", {})
     c1, c2, c3 = st.columns([2, 2, 3])
     default_method = config.get("cam_method", "gradcam")
@@ -273,11 +370,13 @@ def main() -> None:
     chosen = c3.multiselect(
         "Models", models, default=models, format_func=display.get, key="live_models"
     )
-    photo, row = _pick_photo(cache)
+    photo, row = None, None
+    with section("The photo picker"):
+        photo, row = _pick_photo(cache)
     if photo is None:
         st.info("Upload a street photo (JPEG, PNG or WebP) or pick a sample to start.")
         return
-    if not photo.ok:
+    if not photo.ok:  # read_upload's own sentences: no text from the file or its name
         st.error(photo.error or "The file could not be read.")
         return
     for note in photo.notes:

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cityviz import cam, embed, stats, thumbs
+from cityviz import cam, embed, ood, stats, thumbs
 from cityviz.config import RunConfig, model_id
 from cityviz.data import synth
 from cityviz.data.datasets import CityDataset, grouped_split, load_dataset, load_uint8_batch
@@ -36,6 +36,7 @@ from cityviz.store import (
     THUMBS_PER_ROW,
     THUMBS_PER_SHEET,
     CacheStore,
+    inputs_rel,
     load_arrays,
     predictions_frame,
     save_array,
@@ -123,11 +124,6 @@ class Context:
 
     def models(self) -> list[dict]:
         return list(self.store.manifest.get("models", []))
-
-
-def inputs_rel(split: str, size: int, cache_size: int) -> str:
-    """Where a split's decoded images live: ``inputs/test.npy`` at the cache's own size."""
-    return f"inputs/{split}.npy" if size == cache_size else f"inputs/{split}_{size}px.npy"
 
 
 def _test_delay() -> None:
@@ -380,6 +376,15 @@ def stage_cams(ctx: Context) -> None:
                 _test_delay()
             bar.update(sl.stop - sl.start)
         bar.close()
+        ood_rel = f"ood/{mid}.npz"
+        if not ctx.done("cams", f"{mid}:ood") or not store.path(ood_rel).exists():
+            # the live page's "unlike the test photos" caveat compares a photo's features with
+            # these (cityviz.ood: k-NN distance, Sun et al. 2022)
+            try:
+                save_arrays(store.path(ood_rel), **ood.reference_from_images(explainer, test))
+            except ValueError as exc:  # fewer than 2 distinct test images
+                log.warning("%s: no out-of-distribution reference (%s)", mid, exc)
+            ctx.mark("cams", f"{mid}:ood")
     # consolidate
     rows = []
     test_df = df[df["row"] >= 0].sort_values("row")

@@ -257,3 +257,65 @@ def test_cache_without_checkpoints_says_so(tmp_path):
     at.run()
     assert not at.exception and not at.file_uploader
     assert any("no model checkpoints" in i.value for i in at.info)
+
+
+# --------------------------------------------------------------------------- one upload limit
+
+
+def test_upload_limit_is_stated_once_and_agrees_everywhere(page):
+    import tomllib
+
+    config = tomllib.loads((Path(PAGE).parents[1] / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == ul.MAX_UPLOAD_MB
+    widget = page.file_uploader(key="live_upload")
+    assert widget.proto.max_upload_size_mb == ul.MAX_UPLOAD_MB
+    assert f"up to {ul.MAX_UPLOAD_MB} MB per file" in widget.help
+    assert f"{ul.MAX_UPLOAD_PIXELS:,} pixels" in widget.help
+    assert ul.MAX_UPLOAD_BYTES == ul.MAX_UPLOAD_MB * 2**20
+    # the pixel limit is worded the same in the refusal as in the help text
+    refusal = ul.read_upload(png_header_only(6000, 6000)).error
+    assert f"the limit is {ul.MAX_UPLOAD_PIXELS:,} pixels" in refusal
+
+
+@pytest.mark.parametrize(
+    ("server", "limit"),
+    [(None, ul.MAX_UPLOAD_MB), ("x", ul.MAX_UPLOAD_MB), (200, ul.MAX_UPLOAD_MB), (5, 5), (0, 1)],
+)
+def test_a_lower_server_cap_lowers_the_stated_limit(server, limit):
+    assert ul.upload_limit_mb(server) == limit
+
+
+def test_over_limit_upload_gets_a_clear_message(page):
+    data = encode(street(), "JPEG")
+    big = data + b"\x00" * (ul.MAX_UPLOAD_BYTES + 1 - len(data))
+    at = upload(page, "big.jpg", big)
+    assert [e.value for e in at.error] == [
+        f"The file is 20.0 MB; the limit is {ul.MAX_UPLOAD_MB} MB per file. "
+        "Please upload a smaller photo."
+    ]
+    at = upload(page, "fits.jpg", data + b"\x00" * (ul.MAX_UPLOAD_BYTES - len(data)))
+    assert not at.error
+
+
+# --------------------------------------------------------------------------- OOD caveat
+
+
+def ood_warnings(at: AppTest) -> list[str]:
+    return [w.value for w in at.warning if w.value == ul.OOD_MESSAGE]
+
+
+def test_a_photo_unlike_the_test_photos_gets_the_caveat(page):
+    flat = Image.new("RGB", (160, 120), (200, 30, 30))
+    at = upload(page, "flat.png", encode(flat, "PNG"))
+    assert not at.error
+    assert ood_warnings(at)
+
+
+def test_a_test_photo_gets_no_caveat(cache_dir):
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["cache_path"] = str(cache_dir)
+    at.run()
+    at.radio(key="live_source").set_value("Sample from the test set").run()
+    assert not at.exception and not at.error
+    assert len([m for m in at.markdown if " predicts " in m.value]) == 2
+    assert not ood_warnings(at)

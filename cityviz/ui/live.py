@@ -16,16 +16,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
+from torch import nn
 
-from cityviz.cam import Explainer, explanation, mask_norm, overlay
+from cityviz import ood
+from cityviz.cam import Explainer, compute_cams, explanation, mask_norm, overlay
 from cityviz.data.images import ImageDecodeError, decode_image, resize_center_crop
 from cityviz.embed import masks_to_features
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_MB = 20
+"""The one upload limit, in MB of 2**20 bytes per file (Streamlit's unit): the widget shows it,
+the help text states it, ``server.maxUploadSize`` in ``.streamlit/config.toml`` equals it, and
+:func:`read_upload` enforces it."""
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20
 MAX_UPLOAD_PIXELS = 25_000_000
+"""Decoded size limit (width × height) for uploads, checked from the header before decoding."""
+OOD_MESSAGE = (
+    "This photo is unlike the test photos this model was evaluated on (feature distance beyond "
+    "their 99th percentile): treat the prediction with caution."
+)
+MAX_REFERENCE_IMAGES = 1000
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 SMALL_SIDE = 64
 UNEXPECTED_MESSAGE = (
@@ -87,6 +100,22 @@ def _sniff_notes(data: bytes, name: str) -> list[str]:
     return notes
 
 
+def upload_limit_mb(server_mb: object = None) -> int:
+    """The upload limit in MB actually in force: :data:`MAX_UPLOAD_MB`, or Streamlit's
+    ``server.maxUploadSize`` (``server_mb``) when a deployment set that lower (its server
+    refuses bigger requests before the page sees them)."""
+    try:
+        server = int(server_mb)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return MAX_UPLOAD_MB
+    return max(1, min(MAX_UPLOAD_MB, server))
+
+
+def upload_help(limit_mb: int = MAX_UPLOAD_MB, max_pixels: int = MAX_UPLOAD_PIXELS) -> str:
+    """The uploader's help text: the formats and both limits, worded as the errors word them."""
+    return f"JPEG, PNG or WebP, up to {limit_mb} MB per file and {max_pixels:,} pixels."
+
+
 def read_upload(
     data: bytes,
     name: str = "upload",
@@ -97,15 +126,16 @@ def read_upload(
 
     The content decides (not the extension): anything :func:`decode_image` can decode safely
     is used, with :attr:`Upload.notes` saying what was converted; anything else gets one
-    sentence in :attr:`Upload.error`.
+    sentence in :attr:`Upload.error` (over ``max_bytes``: "The file is 21.0 MB; the limit is
+    20 MB per file."; over ``max_pixels``: "... the limit is 25,000,000 pixels.").
     """
     size = len(data)
     if size == 0:
         return Upload(error="The file is empty.")
     if size > max_bytes:
         return Upload(
-            error=f"The file is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB. "
-            "Please upload a smaller photo."
+            error=f"The file is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:g} MB "
+            "per file. Please upload a smaller photo."
         )
     digest = hashlib.sha256(data).hexdigest()[:16]
     try:
@@ -124,14 +154,16 @@ def read_upload(
 
 @dataclass
 class ModelResult:
-    """One model's view of the photo: probabilities over the cities, the predicted city, and the
-    normalised Grad-CAM mask at the display size (explaining the predicted city)."""
+    """One model's view of the photo: probabilities over the cities, the predicted city, the
+    normalised Grad-CAM mask at the display size (explaining the predicted city), and the
+    photo's ``features`` [K] float32 (trunk output averaged over space, for :mod:`cityviz.ood`)."""
 
     model_id: str
     probs: np.ndarray
     pred: int
     city: str
     mask: np.ndarray
+    features: np.ndarray | None = None
 
     @property
     def confidence(self) -> float:
@@ -147,14 +179,54 @@ def predict(
     method: str = "gradcam",
     model_id: str = "",
 ) -> ModelResult:
-    """Grad-CAM of the predicted city for one full photo (resized and centre-cropped here)."""
+    """Grad-CAM of the predicted city for one full photo (resized and centre-cropped here),
+    with the photo's pooled trunk features taken from the same forward pass."""
     crop = np.array(resize_center_crop(image, input_size))  # writable: torch.from_numpy
-    res = explainer(crop[None], method=method)
+    tap = _Tap(explainer.trunk)  # one per call: nothing is shared between threads
+    res = compute_cams(tap, explainer.head, explainer.prepare(crop[None]), method=method)
     probs = res.probs[0].detach().cpu().double().numpy()
     pred = int(res.target[0])
     mask = mask_norm(res.cams, display_size)[0]
     city = cities[pred] if 0 <= pred < len(cities) else str(pred)
-    return ModelResult(model_id=model_id, probs=probs, pred=pred, city=city, mask=mask)
+    feats = tap.pooled[0] if tap.pooled is not None else None
+    return ModelResult(model_id=model_id, probs=probs, pred=pred, city=city, mask=mask,
+                       features=feats)  # fmt: skip
+
+
+class _Tap(nn.Module):
+    """Runs ``trunk`` and keeps its output averaged over space ([B, K] float32 numpy)."""
+
+    def __init__(self, trunk: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.training = False  # eval mode for this wrapper only: the shared trunk is untouched
+        self.pooled: np.ndarray | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.trunk(x)
+        self.pooled = out.detach().float().mean(dim=(2, 3)).cpu().numpy()
+        return out
+
+
+# --------------------------------------------------------------------------- OOD caveat
+
+
+def spread_rows(n: int, limit: int = MAX_REFERENCE_IMAGES) -> np.ndarray:
+    """At most ``limit`` row indices evenly spread over ``range(n)`` (int64, sorted, unique)."""
+    if n <= limit:
+        return np.arange(n, dtype=np.int64)
+    return np.unique(np.linspace(0, n - 1, num=limit).round().astype(np.int64))
+
+
+def ood_check(
+    reference: Mapping[str, np.ndarray] | None, result: ModelResult
+) -> tuple[float, float, bool] | None:
+    """``(distance, percentile, is_ood)`` of one result's photo, or None when there is no
+    reference or no features (nothing to say)."""
+    if reference is None or result.features is None:
+        return None
+    d, p, flag = ood.score(reference, np.asarray(result.features)[None])
+    return float(d[0]), float(p[0]), bool(flag[0])
 
 
 def views(crop: np.ndarray, mask: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
