@@ -3,18 +3,32 @@
 Only this module and the page files import Streamlit. Heavy objects (the cache reader, models)
 live in ``st.cache_resource`` and are shared by all sessions; tables go through
 ``st.cache_data``.
+
+Errors never reach the browser as a traceback: each part of a page runs inside
+:func:`section`, which turns a :class:`~cityviz.store.CacheError` (a damaged or missing cache
+file) into one escaped ``st.error`` sentence and any other exception into a one-sentence message
+(traceback in the server log), and then lets the rest of the page run. :func:`guard` does the
+same for a whole page, as the last resort.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
-from cityviz.store import Cache, CacheError, find_caches
+from cityviz.store import Cache, CacheError, CacheMissing, find_caches
+from cityviz.ui.safe_text import md_escape
+
+log = logging.getLogger("cityviz.app")
 
 DEFAULT_CACHE = Path("cache/synthetic-demo")
 CACHE_BASE = Path("cache")
@@ -76,9 +90,71 @@ def current_cache() -> Cache:
 
 
 def fail(message: str) -> None:
-    """Show a user-facing error and stop this page's run (never a traceback in the browser)."""
-    st.error(message)
+    """Show ``message`` (escaped: it may hold paths and names from data) as an error and stop
+    this page's run (never a traceback in the browser)."""
+    st.error(md_escape(message))
     st.stop()
+
+
+@contextlib.contextmanager
+def section(name: str) -> Iterator[None]:
+    """Run one part of a page; if it fails, show one sentence instead and go on with the rest.
+
+    A :class:`~cityviz.store.CacheError` (a cache file missing, truncated or of the wrong
+    format, dtype or shape) is shown as ``"<name> is not available: <message>"``; the store's
+    message names the file and the ``python -m precompute … --force --stages X`` command that
+    rebuilds it. Any other exception is logged with its traceback on the server and shown as one
+    sentence. Streamlit's own control flow (``st.stop``, ``st.rerun``, ``st.switch_page``)
+    derives from ``BaseException`` and passes through untouched. Text is Markdown-escaped.
+    """
+    try:
+        yield
+    except CacheMissing as exc:
+        st.info(f"{md_escape(name)} is not built yet: {md_escape(exc)}")
+    except CacheError as exc:
+        log.info("section %r: %s", name, exc)
+        st.error(f"{md_escape(name)} is not available: {md_escape(exc)}")
+    except Exception as exc:
+        log.exception("section %r failed", name)
+        st.error(
+            f"{md_escape(name)} could not be shown ({md_escape(type(exc).__name__)}: "
+            f"{md_escape(_short(exc))}); the details are in the server log."
+        )
+
+
+def guard(main: Callable[[], Any]) -> None:
+    """Run a page's ``main`` with :func:`section`'s handling as the last resort for the page."""
+    with section("This page"):
+        main()
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def json_object(cache: Cache, rel: str, stage: str) -> dict | None:
+    """The JSON object in cache file ``rel``, or None when the file is absent (stage not run).
+
+    Raises :class:`~cityviz.store.CacheError` naming the file and the command that rebuilds it
+    when the file is unreadable, not JSON, or JSON of another type than an object.
+    """
+    path = cache.root / rel
+    if not path.exists():
+        return None
+    redo = f"rebuild it with `python -m precompute --cache {cache.root} --force --stages {stage}`"
+    reader = getattr(cache, "read_json", None)
+    try:
+        value = reader(rel) if reader is not None else _read_json(path)
+    except (OSError, ValueError) as exc:
+        raise CacheError(f"{path} cannot be read ({exc}); {redo}.") from exc
+    if not isinstance(value, dict):
+        raise CacheError(f"{path} holds a JSON {type(value).__name__}, not an object; {redo}.")
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def cache_mtime(cache: Cache) -> float:
@@ -87,5 +163,10 @@ def cache_mtime(cache: Cache) -> float:
 
 
 def model_labels(cache: Cache) -> dict[str, str]:
-    """model_id -> display name ("VGG11 · seed 0"), in manifest order."""
-    return {m["model_id"]: m.get("display") or m["model_id"] for m in cache.models}
+    """model_id -> display name ("VGG11 · seed 0"), in manifest order (raw text: escape it with
+    ``md_escape`` / ``html_escape`` where it is shown as Markdown or HTML)."""
+    out: dict[str, str] = {}
+    for m in cache.models:
+        if isinstance(m, dict) and isinstance(m.get("model_id"), str):
+            out[m["model_id"]] = str(m.get("display") or m["model_id"])
+    return out

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import streamlit as st
 
-from cityviz.store import Cache, CacheError
+from cityviz.store import Cache, CacheError, CacheMissing
 from cityviz.ui import compare as uc
 from cityviz.ui import figures
-from pages.common import current_cache
+from cityviz.ui.safe_text import md_escape
+from pages.common import current_cache, guard, json_object, model_labels, section
+
+SUMMARY_FILE = "stats/ar_summary.parquet"
+VERDICT_FILE = "stats/arch_vs_seed.json"
 
 
 def _mtime(cache: Cache) -> float:
@@ -22,23 +24,25 @@ def _summary(root: str, mtime: float) -> pd.DataFrame:
     return Cache(root).ar_summary()
 
 
-@st.cache_data(show_spinner=False)
-def _verdict(root: str, mtime: float) -> dict | None:
-    path = Cache(root).root / "stats/arch_vs_seed.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 @st.cache_data(show_spinner=False, max_entries=16)
 def _pair(root: str, mtime: float, model_a: str, model_b: str) -> pd.DataFrame:
     """One pair's per-image AR, read from the parquet file with a filter (not the whole table)."""
     path = Cache(root).root / "stats/ar.parquet"
+    redo = f"rebuild it with `python -m precompute --cache {root} --force --stages stats`"
     if not path.exists():
-        raise CacheError(f"The cache at {root} has no stats/ar.parquet: has its stage run?")
+        raise CacheMissing(
+            f"The cache at {root} has no stats/ar.parquet yet; build it with `python -m "
+            f"precompute --cache {root} --stages stats`."
+        )
     both = [
         [("model_a", "==", model_a), ("model_b", "==", model_b)],
         [("model_a", "==", model_b), ("model_b", "==", model_a)],
     ]
-    return uc.pair_ar(pd.read_parquet(path, filters=both), model_a, model_b)
+    try:
+        table = pd.read_parquet(path, filters=both)
+        return uc.pair_ar(table, model_a, model_b)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"{path} cannot be read ({exc}); {redo}.") from exc
 
 
 @st.cache_data(show_spinner=False)
@@ -110,20 +114,19 @@ def _verdict_section(verdict: dict | None) -> None:
 
 def _browse_section(cache: Cache, display: dict[str, str]) -> None:
     st.subheader("Browse two models side by side")
-    ids = cache.model_ids
+    ids = list(display)
     c1, c2, c3 = st.columns([2, 2, 3])
     model_a = c1.selectbox("Model A", ids, index=0, format_func=display.get, key="cmp_a")
     rest = [m for m in ids if m != model_a]
     model_b = c2.selectbox("Model B", rest, index=0, format_func=display.get, key="cmp_b")
     sort = c3.radio("Order", uc.SORTS, horizontal=True, key="cmp_sort")
     root, mtime = str(cache.root), _mtime(cache)
-    try:
-        pair = _pair(root, mtime, model_a, model_b)
-    except CacheError as exc:
-        st.info(str(exc))
-        return
+    pair = _pair(root, mtime, model_a, model_b)
     if pair.empty:
-        st.info(f"The cache has no per-image AR for {display[model_a]} and {display[model_b]}.")
+        st.info(
+            f"The cache has no per-image AR for {md_escape(display[model_a])} and "
+            f"{md_escape(display[model_b])}."
+        )
         return
     order = uc.browse_order(pair, _test_images(root, mtime), sort)
     pos = st.number_input(
@@ -153,9 +156,11 @@ def _browse_section(cache: Cache, display: dict[str, str]) -> None:
         tiles = [crop, uc.overlay_tile(crop, mask_a), uc.overlay_tile(crop, mask_b)]
     tiles.append(uc.heat_image(diff))
     captions = [
-        f"test image {row} · {item['city']}",
-        f"A: {display[model_a]} · {_prediction(root, mtime, model_a, row, cache.cities)}",
-        f"B: {display[model_b]} · {_prediction(root, mtime, model_b, row, cache.cities)}",
+        f"test image {row} · {md_escape(item['city'])}",
+        f"A: {md_escape(display[model_a])} · "
+        f"{md_escape(_prediction(root, mtime, model_a, row, cache.cities))}",
+        f"B: {md_escape(display[model_b])} · "
+        f"{md_escape(_prediction(root, mtime, model_b, row, cache.cities))}",
         f"|A − B| · AR = {ar_now:.4f}",
     ]
     for col, tile, cap in zip(st.columns(4), tiles, captions, strict=True):
@@ -190,21 +195,23 @@ def _prediction(root: str, mtime: float, model_id: str, row: int, cities: list[s
 def main() -> None:
     cache = current_cache()
     st.title("Compare models")
-    display = {m["model_id"]: m.get("display", m["model_id"]) for m in cache.models}
-    if len(cache.model_ids) < 2:
+    display = model_labels(cache)
+    if len(display) < 2:
         st.info("This cache has fewer than two models, so there is nothing to compare.")
         return
-    try:
-        summary = _summary(str(cache.root), _mtime(cache))
-    except CacheError:
-        st.info(
-            "The model-agreement statistics (stats/ar_summary.parquet) are not in this cache "
-            f"yet; build them with `python -m precompute --cache {cache.root}` (stats stage)."
-        )
-        return
-    _matrix_section(cache, summary, display)
-    _verdict_section(_verdict(str(cache.root), _mtime(cache)))
-    _browse_section(cache, display)
+    with section("The model-pair matrix"):
+        if not (cache.root / SUMMARY_FILE).exists():
+            st.info(
+                f"The model-agreement statistics ({SUMMARY_FILE}) are not in this cache yet; "
+                f"build them with `python -m precompute --cache {md_escape(cache.root)}` "
+                "(stats stage)."
+            )
+        else:
+            _matrix_section(cache, _summary(str(cache.root), _mtime(cache)), display)
+    with section("The architecture-versus-seed summary"):
+        _verdict_section(json_object(cache, VERDICT_FILE, "stats"))
+    with section("The side-by-side browser"):
+        _browse_section(cache, display)
 
 
-main()
+guard(main)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import streamlit as st
 
 from cityviz import cam
-from cityviz.store import Cache, CacheError
+from cityviz.store import Cache
 from cityviz.ui import overview as uo
 from cityviz.ui.compare import claim_sentence, fmt_num
-from pages.common import cache_mtime, current_cache
+from cityviz.ui.safe_text import md_escape
+from pages.common import cache_mtime, current_cache, guard, json_object, section
 
 HOW_TO_READ = """
 A neural network was trained to tell the cities apart from street photos alone. For every test
@@ -35,38 +34,36 @@ city in this data set, which may say as much about how the photos were taken as 
 """
 
 
+RPC_FILE = "stats/rpc.parquet"
+VERDICT_FILE = "stats/arch_vs_seed.json"
+
+
 @st.cache_data(show_spinner=False)
 def _rpc(root: str, mtime: float) -> pd.DataFrame | None:
-    try:
-        return Cache(root).rpc()
-    except CacheError:
+    """R_p^c of every model, or None before the stats stage; CacheError when damaged."""
+    cache = Cache(root)
+    if not (cache.root / RPC_FILE).exists():
         return None
-
-
-def _arch_vs_seed(cache: Cache) -> dict | None:
-    path = cache.root / "stats" / "arch_vs_seed.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return cache.rpc()
 
 
 def _open_cache(cache: Cache) -> None:
     m = cache.manifest
-    ds = m.get("dataset", {})
     st.caption(
-        f"Cache `{cache.root}` · built {m.get('created', '?')} · updated {m.get('updated', '?')}"
+        f"Cache {md_escape(cache.root)} · built {md_escape(m.get('created', '?'))} · "
+        f"updated {md_escape(m.get('updated', '?'))}"
     )
     left, right = st.columns(2, gap="large")
-    with left:
+    with left, section("The data set summary"):
         st.subheader("Data set")
-        cities = ", ".join(cache.cities)
+        ds = m.get("dataset", {})
+        cities = ", ".join(md_escape(c) for c in cache.cities)
         st.markdown(
-            f"**{ds.get('source', '?')}** ({ds.get('kind', '?')}), "
-            f"{ds.get('n_images', 0):,} images of {len(cache.cities)} cities: {cities}."
+            f"**{md_escape(ds.get('source', '?'))}** ({md_escape(ds.get('kind', '?'))}), "
+            f"{int(ds.get('n_images', 0)):,} images of {len(cache.cities)} cities: {cities}."
         )
         st.dataframe(uo.split_table(ds), hide_index=True, key="overview_splits")
-    with right:
+    with right, section("The model list"):
         st.subheader("Models")
         if not cache.models:
             st.info("No trained models yet: run `python -m precompute --cache DIR`.")
@@ -83,23 +80,24 @@ def _open_cache(cache: Cache) -> None:
         seg = m.get("segmenter")
         if seg and seg.get("spec", "none") != "none":
             st.markdown(
-                f"Segmenter: **{seg.get('name', seg.get('spec'))}** "
-                f"({seg.get('n_classes', '?')} object classes)."
+                f"Segmenter: **{md_escape(seg.get('name', seg.get('spec')))}** "
+                f"({md_escape(seg.get('n_classes', '?'))} object classes)."
             )
         else:
             st.markdown("Segmenter: **none configured** — object statistics are not available.")
         config = m.get("config", {})
         method = config.get("cam_method", "gradcam")
         st.markdown(
-            f"Masks: **{cam.METHOD_NAMES.get(method, method)}** on each model's last convolutional "
-            f"block; explanation threshold {config.get('threshold', cam.DEFAULT_THRESHOLD):g}."
+            f"Masks: **{md_escape(cam.METHOD_NAMES.get(method, method))}** on each model's last "
+            "convolutional block; explanation threshold "
+            f"{float(config.get('threshold', cam.DEFAULT_THRESHOLD)):g}."
         )
 
 
 def _findings(cache: Cache, mtime: float) -> None:
     st.subheader("Headline findings")
     left, right = st.columns(2, gap="large")
-    with left:
+    with left, section("The object statistics"):
         st.markdown("**What each city is recognised by**")
         rpc = _rpc(str(cache.root), mtime)
         if rpc is None or rpc.empty:
@@ -110,6 +108,7 @@ def _findings(cache: Cache, mtime: float) -> None:
         else:
             top = uo.top_objects(rpc, n=3)
             planted = cache.manifest.get("dataset", {}).get("discriminative")
+            planted = planted if isinstance(planted, dict) else None
             for sentence in uo.findings(top, planted):
                 st.markdown(f"- {sentence}")
             if planted:
@@ -121,12 +120,12 @@ def _findings(cache: Cache, mtime: float) -> None:
                 )
             st.caption(
                 "R_p^c averaged over all models; objects averaging under "
-                f"{cache.manifest.get('config', {}).get('min_pixels', 100):g} pixels per "
+                f"{float(cache.manifest.get('config', {}).get('min_pixels', 100)):g} pixels per "
                 "image are left out. Details on the Objects page."
             )
-    with right:
+    with right, section("The model agreement summary"):
         st.markdown("**Architecture vs. initialisation**")
-        result = _arch_vs_seed(cache)
+        result = json_object(cache, VERDICT_FILE, "stats")
         if result is None:
             st.info("No model agreement statistics yet (the `stats` stage of precompute).")
         else:
@@ -137,17 +136,40 @@ def _findings(cache: Cache, mtime: float) -> None:
             st.markdown(claim_sentence(result))
 
 
+@st.fragment(run_every=5)
+def _progress(root: str) -> None:
+    """While a precompute writes this cache: its stage, units and ETA, refreshed every 5 s."""
+    progress = Cache(root).running()
+    if progress is None:
+        return
+    frac, sentence = uo.progress_summary(progress)
+    st.progress(frac, text=sentence)
+
+
+def _caveats(cache: Cache) -> None:
+    warning = uo.unknown_spots_warning(cache.manifest.get("dataset", {}))
+    if warning:
+        st.warning(md_escape(warning), icon=":material/warning:")
+
+
 def main() -> None:
     st.title("cityviz — what does a city-recognition network look at?")
     cache = current_cache()
     mtime = cache_mtime(cache)
+    with section("The precompute progress"):
+        _progress(str(cache.root))
+    _caveats(cache)
     _open_cache(cache)
     _findings(cache, mtime)
     with st.expander("How to read this", expanded=True):
         st.markdown(HOW_TO_READ)
+    settings = uo.settings_table(cache.manifest)
+    if len(settings):
+        with st.expander("Settings and where they came from"):
+            st.dataframe(settings, hide_index=True, key="overview_settings")
     stages = cache.manifest.get("stages", {})
     if stages:
-        with st.expander("Pipeline stages"):
+        with st.expander("Pipeline stages"), section("The pipeline stage list"):
             st.dataframe(
                 pd.DataFrame(
                     [
@@ -159,4 +181,4 @@ def main() -> None:
             )
 
 
-main()
+guard(main)

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 import pages.common
 from cityviz.ui import overview as uo
+from cityviz.ui.safe_text import md_escape
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "overview.py")
@@ -100,15 +101,15 @@ def text_of(at: AppTest) -> str:
 def test_overview_shows_cache_models_and_findings(fake_cache_dir):
     at = run(PAGE, fake_cache_dir)
     assert not at.error
-    assert str(fake_cache_dir) in at.caption[0].value
+    assert md_escape(str(fake_cache_dir)) in at.caption[0].value
     splits = at.dataframe[0].value
     assert splits.set_index("city").loc["all cities", "test"] == 100
     models = at.dataframe[1].value
     assert models["model"].tolist() == ["Simple · seed 0", "ResNet18 · seed 0"]
     text = text_of(at)
     assert "synthetic annotations" in text
-    assert "Masks: **Grad-CAM** on each model's last convolutional block" in text
-    assert "In **tokyo-like** the networks look most at" in text
+    assert "Masks: **Grad\\-CAM** on each model's last convolutional block" in text
+    assert "In **tokyo\\-like** the networks look most at" in text
     assert "signboard** (planted)" in text or "awning** (planted)" in text
     assert "cannot be tested" in text  # one seed only: no same-architecture pairs
     assert any(m.label.startswith("Mean AR, other architecture") for m in at.metric)
@@ -127,7 +128,7 @@ def test_app_entry_uses_the_environment_variable(fake_cache_dir, tmp_path, monke
     monkeypatch.setattr(pages.common, "CACHE_BASE", tmp_path / "no-caches-here")
     at = run(APP, env_root=fake_cache_dir, monkeypatch=monkeypatch)
     assert not at.error
-    assert str(fake_cache_dir) in at.caption[0].value
+    assert md_escape(str(fake_cache_dir)) in at.caption[0].value
     assert not at.sidebar.selectbox  # a single cache: no picker
 
 
@@ -141,10 +142,10 @@ def test_app_offers_a_picker_when_several_caches_exist(
     at = run(APP, env_root=fake_cache_dir, monkeypatch=monkeypatch)
     picker = at.sidebar.selectbox(key="cache_path")
     assert picker.options == [str(fake_cache_dir), str(base / "other")]
-    assert str(fake_cache_dir) in at.caption[0].value
+    assert md_escape(str(fake_cache_dir)) in at.caption[0].value
     picker.select(str(base / "other")).run()
     assert not at.exception
-    assert str(base / "other") in at.caption[0].value
+    assert md_escape(str(base / "other")) in at.caption[0].value
     assert "none configured" in text_of(at)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -54,14 +55,19 @@ def pairs_table(summary: pd.DataFrame, display: Mapping[str, str]) -> pd.DataFra
     return out.reset_index(drop=True)
 
 
-def fmt_num(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+def fmt_num(x: object) -> str:
+    """``x`` with four decimals; "n/a" for None, NaN and anything that is not a real number
+    (a value read from a damaged JSON file may be a string or a list)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or math.isnan(float(x)):
+        return "n/a"
+    return f"{float(x):.4f}"
 
 
 def claim_sentence(result: Mapping) -> str:
     """One plain sentence: does "architecture changes masks more than the seed" hold here?"""
     holds = result.get("claim_holds")
-    ci = float(result.get("ci", 0.95) or 0.95)
+    ci = result.get("ci")
+    ci = float(ci) if isinstance(ci, numbers.Real) and 0 < ci < 1 else 0.95
     arch, seed = result.get("mean_arch"), result.get("mean_seed")
     diff, lo, hi = result.get("diff"), result.get("ci_lo"), result.get("ci_hi")
     if holds is None:

@@ -1,4 +1,11 @@
-"""Plotly figure builders for the Objects, Compare and Live pages (pure: data in, figure out)."""
+"""Plotly figure builders for the Objects, Compare and Live pages (pure: data in, figure out).
+
+Callers pass raw names (cities, objects, model display names, titles made from them): every
+string that Plotly shows as a label (titles, legends, axis ticks, hover templates, annotations)
+is HTML-escaped here with :func:`cityviz.ui.safe_text.html_escape`, since plotly.js renders a
+subset of HTML in labels (``<a href>``, ``<b>``, ``<br>``). Values handed back to Python on a
+click (``customdata``) stay raw. Callers must not escape again.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
+
+from cityviz.ui.safe_text import html_escape
 
 MODEL_COLORS = qualitative.D3 + qualitative.Set2
 CITY_COLORS = qualitative.Plotly + qualitative.Dark24
@@ -65,23 +74,24 @@ def rpc_bars(
         layout[f"yaxis{suffix}"] = {
             "anchor": f"x{suffix}",
             "domain": [max(0.0, top - height), top],
-            "title": {"text": value_label},
+            "title": {"text": html_escape(value_label)},
             "rangemode": "tozero",
         }
         layout["annotations"].append(
-            {"text": city, "x": 0.5, "y": top, "xref": "paper", "yref": "paper",
+            {"text": html_escape(city), "x": 0.5, "y": top, "xref": "paper", "yref": "paper",
              "xanchor": "center", "yanchor": "bottom", "showarrow": False,
              "font": {"size": 14}}
         )  # fmt: skip
         objects = list(objects_by_city[city])
+        ticks = [html_escape(o) for o in objects]
         for model_id in model_ids:
             vals = np.array([lookup.get((city, o, model_id), nan3) for o in objects], dtype=float)
             value, lo, hi = vals.T if len(vals) else (np.zeros(0),) * 3
-            name = display.get(model_id, model_id)
+            name = html_escape(display.get(model_id, model_id))
             data.append(
                 {
                     "type": "bar",
-                    "x": objects,
+                    "x": ticks,
                     "y": value,
                     "name": name,
                     "legendgroup": model_id,
@@ -97,8 +107,8 @@ def rpc_bars(
                     },
                     "customdata": [[city, o, model_id] for o in objects],
                     "hovertemplate": (
-                        f"<b>%{{x}}</b> · {city}<br>{name}<br>"
-                        f"{value_label} = %{{y:.3f}}<extra></extra>"
+                        f"<b>%{{x}}</b> · {html_escape(city)}<br>{name}<br>"
+                        f"{html_escape(value_label)} = %{{y:.3f}}<extra></extra>"
                     ),
                     "xaxis": f"x{suffix}",
                     "yaxis": f"y{suffix}",
@@ -110,6 +120,7 @@ def rpc_bars(
 def ar_heatmap(matrix: pd.DataFrame, labels: Sequence[str] | None = None) -> go.Figure:
     """Square AR matrix as an annotated heat map (0 = identical masks)."""
     labels = list(labels) if labels is not None else [str(c) for c in matrix.columns]
+    labels = [html_escape(x) for x in labels]
     z = matrix.to_numpy(dtype=float)
     text = [["" if np.isnan(v) else f"{v:.3f}" for v in row] for row in z]
     fig = go.Figure(
@@ -144,7 +155,7 @@ def ar_histogram(values: Sequence[float] | np.ndarray, title: str, marker: float
     if marker is not None:
         fig.add_vline(x=float(marker), line_color="#e45756", annotation_text="this image")
     fig.update_layout(
-        title=title,
+        title=html_escape(title),
         xaxis_title="per-image AR",
         yaxis_title="images",
         height=300,
@@ -162,7 +173,7 @@ def prob_bars(probs: Sequence[float], cities: Sequence[str], title: str = "") ->
     fig = go.Figure(
         go.Bar(
             x=probs,
-            y=list(cities),
+            y=[html_escape(c) for c in cities],
             orientation="h",
             marker_color=colors,
             text=[f"{p:.1%}" for p in probs],
@@ -171,7 +182,7 @@ def prob_bars(probs: Sequence[float], cities: Sequence[str], title: str = "") ->
         )
     )
     fig.update_layout(
-        title=title,
+        title=html_escape(title),
         xaxis={"range": [0, 1], "tickformat": ".0%", "tickvals": [0, 0.25, 0.5, 0.75, 1]},
         yaxis={"autorange": "reversed"},
         height=max(150, 60 + 32 * len(probs)),
@@ -201,7 +212,7 @@ def placement_map(
                 x=grp[x],
                 y=grp[y],
                 mode="markers",
-                name=str(city),
+                name=html_escape(city),
                 marker={"size": 4, "color": colors[city], "opacity": 0.5},
                 hoverinfo="skip",
             )
@@ -232,7 +243,7 @@ def placement_map(
         )
     )
     fig.update_layout(
-        title=title,
+        title=html_escape(title),
         height=420,
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
         xaxis={"showticklabels": False, "title": None},
