@@ -13,10 +13,11 @@ import streamlit as st
 
 from cityviz import thumbs as thumb_lib
 from cityviz.segment import NO_SEGMENTER_MESSAGE
-from cityviz.store import Cache, CacheError
+from cityviz.store import Cache, CacheError, thumb_location
 from cityviz.ui import map as um
+from cityviz.ui.safe_text import html_escape, md_escape
 from cityviz.ui.scatter import scatter_map, thumbs_component
-from pages.common import cache_mtime, current_cache, model_labels
+from pages.common import cache_mtime, current_cache, guard, model_labels, section
 
 MAP_HEIGHT = 640
 MAP_KEY = "explanation_map"
@@ -73,16 +74,19 @@ def _thumb_args(cache: Cache, model_id: str) -> dict | None:
 
 
 def _profile_chart(profile: pd.DataFrame) -> go.Figure:
+    """Bars of the selection's R_p^c against all images' (object names HTML-escaped: Plotly
+    renders tags such as <a href> and <b> in tick labels)."""
     fig = go.Figure()
+    names = [html_escape(o) for o in profile["object"]]
     fig.add_bar(
-        y=profile["object"],
+        y=names,
         x=profile["rpc_selection"],
         orientation="h",
         name="selection",
         marker_color="#1f77b4",
     )
     fig.add_bar(
-        y=profile["object"],
+        y=names,
         x=profile["rpc_all"],
         orientation="h",
         name="all test images",
@@ -105,10 +109,10 @@ def _selection(
     root = str(cache.root)
     summary = um.selection_summary(frame, rows)
     st.subheader(f"Selection: {summary['n']} images")
-    cities = ", ".join(f"{c} {n}" for c, n in summary["cities"].items())
+    cities = ", ".join(f"{md_escape(c)} {n}" for c, n in summary["cities"].items())
     st.caption(f"Accuracy {summary['accuracy']:.0%} · true cities: {cities}")
     left, right = st.columns([3, 2], gap="large")
-    with left, st.container(key="map-gallery"):
+    with left, st.container(key="map-gallery"), section("The gallery of the selection"):
         label = st.segmented_control(
             "Show", list(TILE_KINDS), default="Explanation", required=True, key="map_gallery_kind"
         )
@@ -121,29 +125,29 @@ def _selection(
             try:
                 tiles = _tiles(root, mtime, kind, tuple(int(r) for r in show))
             except OSError as exc:
-                st.warning(f"Could not read the thumbnails: {exc}")
-            else:
-                info = frame.set_index("row").loc[show]
-                captions = [
-                    f"{r.city}"
-                    + ("" if r.correct else f" → {r.pred_city}")
-                    + f" ({r.confidence:.0%})"
-                    for r in info.itertuples()
-                ]
-                st.image(tiles, caption=captions, width=128)
-                if len(show) < len(rows):
-                    st.caption(f"{len(show)} of {len(rows)} images, from most to least confident.")
-    with right:
+                sheets = sorted({thumb_location(int(r), cache.thumbs["per_row"])[0] for r in show})
+                files = ", ".join(str(cache.thumb_sheet(kind, s)) for s in sheets)
+                raise CacheError(
+                    f"The thumbnail sprite sheet {files} cannot be read ({exc}); rebuild it with "
+                    f"`python -m precompute --cache {root} --force --stages thumbs`."
+                ) from exc
+            info = frame.set_index("row").loc[show]
+            captions = [  # st.image renders captions as Markdown
+                md_escape(r.city)
+                + ("" if r.correct else f" → {md_escape(r.pred_city)}")
+                + f" ({r.confidence:.0%})"
+                for r in info.itertuples()
+            ]
+            st.image(tiles, caption=captions, width=128)
+            if len(show) < len(rows):
+                st.caption(f"{len(show)} of {len(rows)} images, from most to least confident.")
+    with right, section("The object profile of the selection"):
         st.markdown("**Object profile** — R_p^c of the selection vs. all test images")
         names = cache.class_names()
         if not cache.has_labels or names is None:
             st.info(NO_SEGMENTER_MESSAGE)
             return
-        try:
-            hist = _hist(root, mtime, model_id)
-        except CacheError as exc:
-            st.info(str(exc))
-            return
+        hist = _hist(root, mtime, model_id)
         config = cache.manifest.get("config", {})
         threshold = float(config.get("threshold", 0.5))
         profile = um.selection_profile(
@@ -185,11 +189,12 @@ def main() -> None:
     model_id = bar.selectbox(
         "Model", list(labels), format_func=labels.get, key="map_model", width=230
     )
-    try:
-        frame = _frame(str(cache.root), mtime, model_id)
-    except CacheError as exc:
-        st.info(f"{exc} The map needs the `embed` stage of precompute.")
-        return
+    with section("The explanation map"):
+        _map(cache, mtime, labels, bar, model_id)
+
+
+def _map(cache: Cache, mtime: float, labels: dict[str, str], bar, model_id: str) -> None:
+    frame = _frame(str(cache.root), mtime, model_id)
     methods = um.available_methods(frame)
     if not methods:
         st.info("No map for this model yet: run the `embed` stage of precompute.")
@@ -239,10 +244,10 @@ def main() -> None:
     )
     value = scatter_map(args, key=MAP_KEY)
     st.caption(
-        f"{len(frame):,} test images of {labels[model_id]}. Each point is one image, placed by "
-        "how similar its Grad-CAM mask is to the others'. Hover a point to see the photo, its "
-        "mask and its visual explanation; pick *Box select* or *Lasso* (or click a point) to "
-        "select images and see them below; double-click the map to clear the selection."
+        f"{len(frame):,} test images of {md_escape(labels[model_id])}. Each point is one image, "
+        "placed by how similar its Grad-CAM mask is to the others'. Hover a point to see the "
+        "photo, its mask and its visual explanation; pick *Box select* or *Lasso* (or click a "
+        "point) to select images and see them below; double-click the map to clear the selection."
     )
     rows = um.selected_rows(value, valid, view_key)
     if len(rows) == 0:
@@ -251,4 +256,4 @@ def main() -> None:
     _selection(cache, mtime, model_id, frame, rows)
 
 
-main()
+guard(main)

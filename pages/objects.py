@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from cityviz import stats
 from cityviz.segment import NO_SEGMENTER_MESSAGE
-from cityviz.store import Cache, CacheError
+from cityviz.store import Cache
 from cityviz.ui import compare as uc
 from cityviz.ui import figures
 from cityviz.ui import objects as uo
-from pages.common import current_cache
+from cityviz.ui.safe_text import md_escape
+from pages.common import current_cache, guard, model_labels, section
 
 TILES = 12
 DRILL_OPEN = "objects_drill_open"
 TILE_WIDTH = 170
 MASK_LRU = 256  # masks kept between reruns (256 x 224² float32 = 51 MB at most)
+CHARTS = 128  # charts kept (one per models / threshold / filter setting; ~50 kB each)
 
 
 def _mtime(cache: Cache) -> float:
@@ -45,6 +50,41 @@ def _cubes(root: str, mtime: float, n_boot: int) -> dict[str, uo.RpcCube]:
         for m in cache.model_ids
         if (cache.root / f"hist/{m}.parquet").exists()
     }
+
+
+@dataclass(frozen=True)
+class Chart:
+    """What one setting of the controls shows: the long table (every object), the charted and
+    the drill-down objects per city, and the figure. Shared by sessions: read only."""
+
+    table: pd.DataFrame
+    objects_of: dict[str, list[str]]
+    drill_objects: dict[str, list[str]]
+    figure: go.Figure
+
+
+@st.cache_resource(show_spinner=False, max_entries=CHARTS)
+def _chart(
+    root: str,
+    mtime: float,
+    n_boot: int,
+    chosen: tuple[str, ...],
+    threshold: float,
+    min_pixels: float,
+    top: int,
+    lift: bool,
+    display: tuple[tuple[str, str], ...],
+) -> Chart:
+    """The chart for one setting, built once: moving the slider back to a threshold already
+    shown (or another session showing it) reuses it instead of rebuilding table and figure."""
+    cubes = _cubes(root, mtime, n_boot)
+    table = uo.rpc_long_table({m: cubes[m] for m in chosen}, threshold, min_pixels)
+    valued = uo.with_value(table, "lift" if lift else "rpc")
+    objects_of = uo.chart_objects(valued, top)
+    fig = figures.rpc_bars(
+        valued, objects_of, list(chosen), dict(display), "lift over average" if lift else "R_p^c"
+    )
+    return Chart(table, objects_of, uo.chart_objects(valued), fig)
 
 
 @st.cache_resource(show_spinner="Indexing this model's images…", max_entries=4)
@@ -120,7 +160,7 @@ def _drill_down(cache: Cache, table, threshold: float, cities, objects_of, displ
     city = c1.selectbox("City", cities, key="drill_city")
     options = objects_of.get(city, [])
     if not options:
-        st.info(f"No object passes the pixel filter in {city}.")
+        st.info(f"No object passes the pixel filter in {md_escape(city)}.")
         return
     obj = c2.selectbox("Object", options, key="drill_object")
     model_id = c3.selectbox("Model", models, format_func=display.get, key="drill_model")
@@ -130,7 +170,10 @@ def _drill_down(cache: Cache, table, threshold: float, cities, objects_of, displ
     index = _object_index(str(cache.root), _mtime(cache), model_id)
     top = index.top_images(class_id, threshold, city=city, n=TILES)
     if top.empty:
-        st.info(f"No test image of {city} has {obj} inside {display[model_id]}'s explanation.")
+        st.info(
+            f"No test image of {md_escape(city)} has {md_escape(obj)} inside "
+            f"{md_escape(display[model_id])}'s explanation."
+        )
         return
     top = top.merge(test[["image_id", "row", "path"]], on="image_id", how="left")
     size = cache.image_size
@@ -151,7 +194,7 @@ def _drill_down(cache: Cache, table, threshold: float, cities, objects_of, displ
     st.image(
         [t for t, *_ in shown],
         caption=[
-            f"row {r} · {s:.0%} of the explanation · {q:.0%} of the {obj} explained"
+            f"row {r} · {s:.0%} of the explanation · {q:.0%} of the {md_escape(obj)} explained"
             for _, s, q, r in shown
         ],
         width=TILE_WIDTH,
@@ -168,25 +211,28 @@ def main() -> None:
         "values mean the network looks at that object to recognise the city. Bars: one per "
         "model; whiskers: 95 % bootstrap intervals over images."
     )
+    with section("The object statistics"):
+        _statistics(cache)
+
+
+def _statistics(cache: Cache) -> None:
     if not _has_segmenter(cache):
         st.info(NO_SEGMENTER_MESSAGE)
         return
     config = cache.manifest.get("config", {})
     n_boot = int(config.get("bootstrap", 200))
-    try:
-        cubes = _cubes(str(cache.root), _mtime(cache), n_boot)
-    except (CacheError, ValueError) as exc:
-        st.warning(f"The object statistics of this cache cannot be read: {exc}")
-        return
+    cubes = _cubes(str(cache.root), _mtime(cache), n_boot)
     if not cubes:
         st.info(
-            "No object histograms in this cache yet (hist/<model>.parquet). Build them with "
-            f"`python -m precompute --cache {cache.root}` (stages segment and stats)."
+            md_escape(
+                "No object histograms in this cache yet (hist/<model>.parquet). Build them with "
+                f"python -m precompute --cache {cache.root} --stages segment,stats."
+            )
         )
         return
     n_bins = next(iter(cubes.values())).n_bins
-    display = {m["model_id"]: m.get("display", m["model_id"]) for m in cache.models}
-    display = {m: display.get(m, m) for m in cubes}
+    labels = model_labels(cache)
+    display = {m: labels.get(m, m) for m in cubes}
 
     c1, c2, c3, c4 = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
     default_t = float(config.get("threshold", 0.5))
@@ -221,17 +267,16 @@ def main() -> None:
         st.info("Pick at least one model.")
         return
 
-    table = uo.rpc_long_table({m: cubes[m] for m in chosen}, threshold, min_pixels)
-    valued = uo.with_value(table, "lift" if lift else "rpc")
-    objects_of = uo.chart_objects(valued, int(top))
-    if not any(objects_of.values()):
+    chart = _chart(
+        str(cache.root), _mtime(cache), n_boot, tuple(chosen), threshold, float(min_pixels),
+        int(top), bool(lift), tuple(display.items()),
+    )  # fmt: skip
+    table = chart.table
+    if not any(chart.objects_of.values()):
         st.info("No object passes the pixel filter: lower “Min. average pixels per image”.")
         return
-    fig = figures.rpc_bars(
-        valued, objects_of, chosen, display, "lift over average" if lift else "R_p^c"
-    )
     event = st.plotly_chart(
-        fig, key="rpc_chart", on_select="rerun", selection_mode="points", width="stretch"
+        chart.figure, key="rpc_chart", on_select="rerun", selection_mode="points", width="stretch"
     )
 
     table_box = st.expander(
@@ -239,23 +284,9 @@ def main() -> None:
     )
     with table_box:
         if table_box.open:  # built only when shown: keeps threshold changes fast
-            st.download_button(
-                "Download CSV (all objects, all chosen models)",
-                uo.csv_bytes(table, threshold),
-                file_name=f"rpc_threshold_{threshold:.2f}.csv",
-                mime="text/csv",
-                on_click="ignore",
-            )
-            st.dataframe(
-                uo.display_table(table, display),
-                hide_index=True,
-                column_config={
-                    c: st.column_config.NumberColumn(format="%.3f")
-                    for c in ("R_p^c", "CI low", "CI high", "lift", "share of explanation")
-                },
-            )
+            _table(table, threshold, display)
 
-    drill_objects = uo.chart_objects(valued)
+    drill_objects = chart.drill_objects
     cities = [c for c, objs in drill_objects.items() if objs]
     chosen_display = {m: display[m] for m in chosen}
     _drill_state(event, cities, drill_objects, chosen)
@@ -264,9 +295,28 @@ def main() -> None:
         key=DRILL_OPEN,
         on_change="rerun",
     )
-    with drill:
+    with drill, section("The drill-down"):
         if drill.open:  # built only when shown: keeps threshold changes fast
             _drill_down(cache, table, threshold, cities, drill_objects, chosen_display)
 
 
-main()
+def _table(table, threshold: float, display: dict[str, str]) -> None:
+    with section("The table"):
+        st.download_button(
+            "Download CSV (all objects, all chosen models)",
+            uo.csv_bytes(table, threshold),
+            file_name=f"rpc_threshold_{threshold:.2f}.csv",
+            mime="text/csv",
+            on_click="ignore",
+        )
+        st.dataframe(
+            uo.display_table(table, display),
+            hide_index=True,
+            column_config={
+                c: st.column_config.NumberColumn(format="%.3f")
+                for c in ("R_p^c", "CI low", "CI high", "lift", "share of explanation")
+            },
+        )
+
+
+guard(main)

@@ -238,7 +238,7 @@ def test_selection_shows_gallery_and_object_profile(fake_cache_dir, monkeypatch)
     images = at.get("image")
     assert len(images) == 1  # one st.image call holding the whole gallery
     assert len(images[0].proto.imgs) == 15
-    assert images[0].proto.imgs[0].caption.startswith("tokyo-like")
+    assert images[0].proto.imgs[0].caption.startswith("tokyo\\-like")  # Markdown, escaped
     frame = at.dataframe[0].value
     cache = Cache(fake_cache_dir)
     test = cache.test_images()

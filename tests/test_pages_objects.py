@@ -165,3 +165,30 @@ def test_no_segmenter_says_so(bare_cache_dir):  # conftest: no labels, thumbs or
     at = run_page(bare_cache_dir)
     assert [i.value for i in at.info] == [NO_SEGMENTER_MESSAGE]
     assert not at.get("plotly_chart")
+
+
+def test_a_threshold_shown_again_comes_back_with_its_own_numbers(cache_dir):
+    """Charts are kept per setting (issue 10): going back to a threshold reuses its chart, and
+    no other setting (threshold, lift, model subset, filter) is ever served from that entry."""
+    at = run_page(cache_dir, drill_open=False)
+    first = chart_bars(at)
+    at.slider[0].set_value(0.3).run()
+    moved = chart_bars(at)
+    assert moved != first
+    at.slider[0].set_value(0.5).run()
+    assert chart_bars(at) == first
+    ref = reference(cache_dir, 0.5).set_index(["city", "object", "model_id"])
+    for key, y in first.items():
+        assert y == pytest.approx(ref["rpc"][key], abs=1e-12)
+    at.toggle[0].set_value(True).run()
+    lifted = chart_bars(at)
+    for key, y in lifted.items():
+        assert y == pytest.approx(ref["lift"][key], abs=1e-12)
+    at.toggle[0].set_value(False).run()
+    one = Cache(cache_dir).models[0]["model_id"]
+    at.multiselect[0].set_value([one]).run()
+    only = chart_bars(at)
+    assert only and {k[2] for k in only} == {one}
+    at.multiselect[0].set_value([]).run()
+    assert any("Pick at least one model" in i.value for i in at.info)
+    assert not at.exception

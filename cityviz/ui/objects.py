@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cityviz import stats
+from cityviz.ui.safe_text import csv_safe
 
 RPC_COLUMNS = [
     "city", "class_id", "object", "M", "N", "rpc", "mean_pixels", "share", "lift", "kept",
@@ -323,7 +324,7 @@ def csv_bytes(table: pd.DataFrame, threshold: float) -> bytes:
     """The full long table (every object, kept or not) as CSV, with the threshold as a column."""
     out = table.copy()
     out.insert(1, "threshold", float(threshold))
-    return out.to_csv(index=False).encode()
+    return csv_safe(out).to_csv(index=False).encode()
 
 
 def selected_bar(selection: Mapping | None) -> tuple[str, str, str] | None:

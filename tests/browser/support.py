@@ -64,8 +64,11 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) ->
     raise RuntimeError(f"streamlit did not start within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-def start_server(cache_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """``streamlit run app.py -- --cache DIR`` on a free port of 127.0.0.1."""
+def start_server(
+    cache_dir: Path, log: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``streamlit run app.py -- --cache DIR`` on a free port of 127.0.0.1; ``extra_env`` is added
+    to the server's environment (e.g. ``STREAMLIT_RUNNER_POST_SCRIPT_GC=false``)."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "streamlit", "run", "app.py",
@@ -73,7 +76,7 @@ def start_server(cache_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
         "--server.port", str(port), "--browser.gatherUsageStats", "false",
         "--", "--cache", str(cache_dir),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("CITYVIZ_CACHE", None)
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -62,6 +62,22 @@ def isolated_row(frame, min_px: float = 10.0) -> int:
     )
 
 
+TILE_MATCHES = """async (canvas, [src, x, y]) => {
+  const s = canvas.width;
+  const sheet = await createImageBitmap(await (await fetch(src)).blob());
+  const ref = new OffscreenCanvas(s, s).getContext("2d");
+  ref.drawImage(sheet, x * s, y * s, s, s, 0, 0, s, s);
+  const want = ref.getImageData(0, 0, s, s).data;
+  const got = canvas.getContext("2d").getImageData(0, 0, s, s).data;
+  let same = want.length === got.length, lit = false;
+  for (let i = 0; i < got.length; i++) {
+    if (got[i] !== want[i]) { same = false; break; }
+    if (i % 4 !== 3 && got[i] > 16) lit = true;
+  }
+  return [same, lit];
+}"""
+
+
 def hover_row(page, iframe, frame, row: int) -> None:
     box = iframe.bounding_box()
     p = frame.evaluate(f"window.cityviz.pointPixel({row})")
@@ -78,18 +94,21 @@ def test_hovering_a_point_shows_its_thumbnails(page, app_url):
     frame.wait_for_selector(f"#cv-tip[data-row='{row}'][data-loaded='1']", timeout=15_000)
     assert frame.locator("#cv-tip").is_visible()
     _, x, y = thumb_location(row)
-    thumbs = frame.locator("#cv-tip img[data-testid=cv-thumb]")
+    thumbs = frame.locator("#cv-tip canvas[data-testid=cv-thumb]")
     assert thumbs.count() == 3
     for i in range(3):
-        img = thumbs.nth(i)
-        assert img.is_visible()
-        state = img.evaluate("i => [i.complete, i.naturalWidth, i.style.left, i.style.top, i.src]")
-        complete, width, left, top, src = state
-        assert complete and width == 1536  # the whole sprite sheet, loaded
-        assert (left, top) == (f"{-96 * x}px", f"{-96 * y}px")  # offset to this row's tile
+        tile = thumbs.nth(i)
+        assert tile.is_visible()
+        src = tile.get_attribute("data-sheet")
+        assert tile.get_attribute("data-tile") == f"{x},{y}"  # this row's tile on its sheet
         assert "/component/cityviz.ui.scatter.thumbs_" in src and src.endswith(".jpg")
         resp = page.request.get(src)
         assert resp.ok and resp.headers["content-type"] == "image/jpeg"
+        # the canvas shows exactly that tile of the sheet (decoded again here, by the same
+        # decoder), and it is not blank
+        same, lit = tile.evaluate(TILE_MATCHES, [src, x, y])
+        assert same, f"tooltip tile {i} differs from tile ({x}, {y}) of {src}"
+        assert lit
     caption = frame.locator("#cv-tip-caption").inner_text()
     assert "tokyo-like" in caption or "pittsburgh-like" in caption
     # the hover record is written on the animation frame after the thumbnails load (it times the
@@ -98,6 +117,8 @@ def test_hovering_a_point_shows_its_thumbnails(page, app_url):
         f"() => window.cityviz.lastHover !== null && window.cityviz.lastHover.row === {row}",
         timeout=15_000,
     )
+    rec = frame.evaluate("window.cityviz.lastHover")
+    assert 0 <= rec["pick"] <= rec["ready"] <= rec["ms"]  # move -> picked -> decoded -> frame
     screenshot(page, "map-hover")
 
 

@@ -5,6 +5,13 @@
 // "streamlit:setComponentValue" (the selected test rows) and "streamlit:setFrameHeight".
 // Hovering a point shows its thumbnails from the cache's sprite sheets entirely in this frame;
 // nothing goes back to Python until the user selects points.
+//
+// Hover path (issue 10): plotly_hover (hoverinfo "none": no plotly label) -> the row's three
+// sheets as decoded ImageBitmaps (fetched and decoded off the main thread by createImageBitmap,
+// kept in a small LRU) -> three 96 px canvases drawn with drawImage (no <img> of a 1536 px sheet
+// to lay out and decode at paint time) -> the record on the next animation frame. After the map
+// is drawn, the sheets' bytes are prefetched into the browser's HTTP cache at low priority (up to
+// PREFETCH_BYTES), so a later miss only decodes.
 (function () {
   "use strict";
 
@@ -27,6 +34,11 @@
     thumbs: null,
     atlas: null,
     sheets: new Map(),
+    bitmaps: new Map(),
+    prefetched: new Set(),
+    prefetchGen: 0,
+    hoverToken: 0,
+    tipSize: null,
     bound: false,
     lastMove: 0,
     hoverStart: 0,
@@ -39,8 +51,13 @@
     renders: 0,
     nPoints: 0,
     hoverRow: null,
+    // lastHover / hovers[i]: {row, ms, pick, ready, fetched, decoded} -- ms: mousemove -> the
+    // thumbnails drawn and the next animation frame; pick: mousemove -> plotly_hover; ready:
+    // mousemove -> every sheet decoded; fetched: a sheet was neither decoded nor prefetched;
+    // decoded: a sheet had to be decoded (not in the LRU).
     lastHover: null,
     hovers: [],
+    prefetched: 0,
     atlasDrawn: 0,
     // epoch milliseconds: script start, first render message, first plot drawn
     timing: { script: performance.timeOrigin + performance.now(), args: null, drawn: null },
@@ -96,6 +113,15 @@
   });
 
   // ---- data ---------------------------------------------------------------------------------
+  // Names come from the data (city folders, CSV manifests, classes.json, cluster labels) and
+  // plotly.js renders a subset of HTML in legends and annotations (<a href>, <b>, <br>, <img>
+  // is dropped but links are live): every string handed to Plotly goes through plotlyText.
+  // Text set with textContent (the hover caption) and canvas text (atlas labels) stay raw.
+  const HTML_ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+  function plotlyText(value) {
+    return String(value).replace(/[&<>"']/g, function (c) { return HTML_ESCAPES[c]; });
+  }
+
   function typed(Type, bytes) {
     if (!bytes) return null;
     const copy = bytes.slice();  // own, aligned buffer
@@ -116,7 +142,8 @@
   }
 
   function sheetUrl(kind, sheet) {
-    return state.thumbs.base + "/" + kind + "/" + String(sheet).padStart(4, "0") + ".jpg";
+    const path = String(kind).split("/").map(encodeURIComponent).join("/");
+    return state.thumbs.base + "/" + path + "/" + String(sheet).padStart(4, "0") + ".jpg";
   }
 
   function sheetImage(url) {
@@ -129,6 +156,95 @@
       state.sheets.set(url, img);
     }
     return img;
+  }
+
+  // Decoded sheets kept for hovers (RGBA: a 1536 px sheet is 9.4 MB), least recently used first.
+  const DECODED_BYTES = 128 * 1024 * 1024;
+  // Sheet bytes fetched ahead into the HTTP cache after the map is drawn (a 30 000-image cache
+  // has ~350 sheets of 0.3-0.7 MB per model; beyond this budget the rest load on first hover).
+  const PREFETCH_BYTES = 256 * 1024 * 1024;
+  const PREFETCH_PARALLEL = 2;
+
+  function decodedMax() {
+    const side = state.thumbs.size * state.thumbs.per_row;
+    return Math.max(6, Math.floor(DECODED_BYTES / (side * side * 4)));
+  }
+
+  // {bitmap, promise, fetched} for a sheet URL: decoded once, then kept in the LRU.
+  function sheetBitmap(url) {
+    let entry = state.bitmaps.get(url);
+    if (entry) {
+      state.bitmaps.delete(url);  // most recently used goes last
+      state.bitmaps.set(url, entry);
+      return entry;
+    }
+    entry = { bitmap: null, fetched: !state.prefetched.has(url), promise: null };
+    entry.promise = fetch(url, { cache: "force-cache" })
+      .then(function (r) {
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.blob();
+      })
+      .then(function (blob) { return createImageBitmap(blob); })
+      .then(function (bitmap) {
+        entry.bitmap = bitmap;
+        evictBitmaps();
+        return bitmap;
+      });
+    entry.promise.catch(function () {
+      if (state.bitmaps.get(url) === entry) state.bitmaps.delete(url);
+    });
+    state.bitmaps.set(url, entry);
+    return entry;
+  }
+
+  function evictBitmaps() {
+    const max = decodedMax();
+    for (const [url, entry] of state.bitmaps) {
+      if (state.bitmaps.size <= max) break;
+      if (!entry.bitmap) continue;  // still loading: a hover is waiting for it
+      entry.bitmap.close();
+      state.bitmaps.delete(url);
+    }
+  }
+
+  // Fetch every sheet of the map's thumbnail kinds into the HTTP cache, a few at a time at low
+  // priority, in sheet order. A new map (another model) starts over with its own kinds; hovers
+  // fetch what is still missing themselves.
+  function prefetchSheets() {
+    if (!state.thumbs || !state.rows || !state.rows.length) return;
+    const gen = ++state.prefetchGen;
+    const perSheet = state.thumbs.per_row * state.thumbs.per_row;
+    let maxRow = 0;
+    for (let i = 0; i < state.rows.length; i++) if (state.rows[i] > maxRow) maxRow = state.rows[i];
+    const urls = [];
+    for (let sheet = 0; sheet <= Math.floor(maxRow / perSheet); sheet++) {
+      for (const kind of state.thumbs.kinds) {
+        const url = sheetUrl(kind[1], sheet);
+        if (!state.prefetched.has(url)) urls.push(url);
+      }
+    }
+    let next = 0;
+    let bytes = 0;
+    const worker = function () {
+      if (gen !== state.prefetchGen || next >= urls.length || bytes >= PREFETCH_BYTES) return null;
+      const url = urls[next++];
+      return fetch(url, { cache: "force-cache", priority: "low" })
+        .then(function (r) { return r.ok ? r.arrayBuffer() : null; })
+        .then(function (buf) {
+          if (buf) {
+            bytes += buf.byteLength;
+            state.prefetched.add(url);
+            api.prefetched = state.prefetched.size;
+          }
+        })
+        .catch(function () { return null; })
+        .then(worker);
+    };
+    const start = function () {
+      for (let i = 0; i < PREFETCH_PARALLEL; i++) worker();
+    };
+    if (window.requestIdleCallback) window.requestIdleCallback(start, { timeout: 2000 });
+    else setTimeout(start, 500);
   }
 
   // ---- rendering ----------------------------------------------------------------------------
@@ -166,6 +282,7 @@
     window.Plotly.react(plotDiv, traces, layout, config).then(function () {
       bindEvents();
       drawAtlas();
+      prefetchSheets();
       api.ready = true;
       api.renders += 1;
       if (api.timing.drawn === null) api.timing.drawn = performance.timeOrigin + performance.now();
@@ -203,7 +320,7 @@
       return withSelection([Object.assign({}, base, {
         x: state.x,
         y: state.y,
-        name: color.title,
+        name: plotlyText(color.title),
         marker: {
           size: size,
           opacity: opacity,
@@ -212,7 +329,7 @@
           cmin: color.cmin,
           cmax: color.cmax,
           showscale: true,
-          colorbar: { title: { text: color.title }, thickness: 12, len: 0.6 },
+          colorbar: { title: { text: plotlyText(color.title) }, thickness: 12, len: 0.6 },
         },
       })], args.selected);
     }
@@ -225,7 +342,7 @@
       return Object.assign({}, base, {
         x: subset(state.x, idx),
         y: subset(state.y, idx),
-        name: g.name + " (" + idx.length + ")",
+        name: plotlyText(g.name) + " (" + idx.length + ")",
         marker: { size: size, opacity: opacity, color: g.color },
       });
     }), args.selected);
@@ -261,7 +378,7 @@
       // In atlas mode the labels are drawn on the canvas, above the thumbnails.
       annotations: (args.atlas ? [] : args.labels || []).map(function (l) {
         return {
-          x: l.x, y: l.y, text: l.text, showarrow: false,
+          x: l.x, y: l.y, text: plotlyText(l.text), showarrow: false,
           font: { size: 12, color: "#1b1b1b" },
           bgcolor: "rgba(255,255,255,0.82)", bordercolor: "#9a9a9a", borderpad: 2,
         };
@@ -300,7 +417,10 @@
     });
     plotDiv.on("plotly_relayout", function () { hideTip(); scheduleAtlas(); });
     plotDiv.on("plotly_relayouting", scheduleAtlas);
-    window.addEventListener("resize", scheduleAtlas);
+    window.addEventListener("resize", function () {
+      state.tipSize = null;
+      scheduleAtlas();
+    });
     plotDiv.addEventListener("mouseleave", hideTip);
   }
 
@@ -308,14 +428,20 @@
     if (!e || !e.points || !e.points.length) return;
     const row = rowOf(e.points[0]);
     if (row === null) return;
-    const start = state.lastMove && performance.now() - state.lastMove < 1000 ? state.lastMove : performance.now();
+    const now = performance.now();
+    const start = state.lastMove && now - state.lastMove < 1000 ? state.lastMove : now;
+    if (api.hoverRow === row && !tip.hidden) {  // the same point again: only follow the cursor
+      placeTip(row, e.event);
+      return;
+    }
     api.hoverRow = row;
-    showTip(row, e.event, start);
+    showTip(row, e.event, start, now);
   }
 
   function hideTip() {
     tip.hidden = true;
     api.hoverRow = null;
+    state.hoverToken += 1;
   }
 
   function caption(row) {
@@ -336,75 +462,107 @@
     return parts.join(" · ");
   }
 
-  function ensureTiles(n, size) {
-    while (tipTiles.children.length < n) {
+  // One canvas per thumbnail kind, built once per kinds/size (no DOM churn per hover).
+  function ensureTiles(kinds, size) {
+    const sig = size + "|" + kinds.map(function (k) { return k[0]; }).join("|");
+    if (tipTiles.getAttribute("data-sig") === sig) return;
+    tipTiles.setAttribute("data-sig", sig);
+    tipTiles.textContent = "";
+    kinds.forEach(function (kind) {
       const tile = document.createElement("div");
       tile.className = "cv-tile";
       const frame = document.createElement("div");
       frame.className = "cv-tile-frame";
-      const img = document.createElement("img");
-      img.alt = "";
-      img.setAttribute("data-testid", "cv-thumb");
-      frame.appendChild(img);
+      const c = document.createElement("canvas");
+      c.setAttribute("data-testid", "cv-thumb");
+      c.width = size;
+      c.height = size;
+      c.style.width = size + "px";
+      c.style.height = size + "px";
+      frame.appendChild(c);
       const label = document.createElement("div");
+      label.textContent = kind[0];
       tile.appendChild(frame);
       tile.appendChild(label);
       tipTiles.appendChild(tile);
-    }
-    while (tipTiles.children.length > n) tipTiles.removeChild(tipTiles.lastChild);
-    for (const tile of tipTiles.children) {
-      tile.firstChild.style.width = size + "px";
-      tile.firstChild.style.height = size + "px";
-    }
+    });
+    state.tipSize = null;
   }
 
-  function showTip(row, mouse, start) {
+  function showTip(row, mouse, start, pickedAt) {
+    const token = ++state.hoverToken;
     tipCaption.textContent = caption(row);
     tip.setAttribute("data-row", String(row));
-    const kinds = state.thumbs ? state.thumbs.kinds : [];
-    ensureTiles(kinds.length, state.thumbs ? state.thumbs.size : 0);
-    let pending = 0;
-    const done = function () {
-      pending -= 1;
-      if (pending === 0) finish();
-    };
-    const finish = function () {
-      if (api.hoverRow !== row) return;
-      tip.setAttribute("data-loaded", "1");
-      requestAnimationFrame(function () {
-        const rec = { row: row, ms: performance.now() - start };
-        api.lastHover = rec;
-        api.hovers.push(rec);
-      });
-    };
     tip.setAttribute("data-loaded", "0");
-    if (state.thumbs) {
-      const loc = tileLocation(row);
-      const s = state.thumbs.size;
-      kinds.forEach(function (kind, i) {
-        const tile = tipTiles.children[i];
-        const img = tile.firstChild.firstChild;
-        tile.lastChild.textContent = kind[0];
-        tile.setAttribute("data-row", String(row));
-        img.style.left = -loc.x * s + "px";
-        img.style.top = -loc.y * s + "px";
-        const url = sheetUrl(kind[1], loc.sheet);
-        if (img.getAttribute("src") !== url) {
-          pending += 1;
-          img.onload = done;
-          img.onerror = done;
-          img.src = url;
-        } else if (!img.complete) {
-          pending += 1;
-          img.onload = done;
-        }
-      });
-    }
+    const kinds = state.thumbs ? state.thumbs.kinds : [];
+    ensureTiles(kinds, state.thumbs ? state.thumbs.size : 0);
     tip.hidden = false;
     placeTip(row, mouse);
-    if (pending === 0) finish();
+    if (!state.thumbs) {
+      finish(row, token, start, pickedAt, performance.now(), false, false);
+      return;
+    }
+    const loc = tileLocation(row);
+    const entries = kinds.map(function (kind) { return sheetBitmap(sheetUrl(kind[1], loc.sheet)); });
+    const fetched = entries.some(function (e) { return !e.bitmap && e.fetched; });
+    const decoded = entries.some(function (e) { return !e.bitmap; });
+    const draw = function () {
+      if (token !== state.hoverToken) return;
+      const readyAt = performance.now();
+      drawTiles(entries, loc);
+      finish(row, token, start, pickedAt, readyAt, fetched, decoded);
+    };
+    if (!decoded) {
+      draw();
+      return;
+    }
+    clearTiles();
+    Promise.all(entries.map(function (e) { return e.promise; })).then(draw, function () {
+      if (token !== state.hoverToken) return;
+      tipCaption.textContent = caption(row) + " · thumbnails unavailable";
+      tip.setAttribute("data-loaded", "error");
+    });
   }
 
+  function clearTiles() {
+    for (const tile of tipTiles.children) {
+      const c = tile.firstChild.firstChild;
+      c.getContext("2d").clearRect(0, 0, c.width, c.height);
+      c.removeAttribute("data-sheet");
+    }
+  }
+
+  function drawTiles(entries, loc) {
+    const s = state.thumbs.size;
+    entries.forEach(function (entry, i) {
+      const c = tipTiles.children[i].firstChild.firstChild;
+      const ctx = c.getContext("2d");
+      ctx.drawImage(entry.bitmap, loc.x * s, loc.y * s, s, s, 0, 0, s, s);
+      const url = sheetUrl(state.thumbs.kinds[i][1], loc.sheet);
+      c.setAttribute("data-sheet", new URL(url, location.href).href);
+      c.setAttribute("data-tile", loc.x + "," + loc.y);
+    });
+  }
+
+  function finish(row, token, start, pickedAt, readyAt, fetched, decoded) {
+    tip.setAttribute("data-loaded", "1");
+    requestAnimationFrame(function () {
+      if (token !== state.hoverToken) return;
+      const rec = {
+        row: row,
+        ms: performance.now() - start,
+        pick: pickedAt - start,
+        ready: readyAt - start,
+        fetched: fetched,
+        decoded: decoded,
+      };
+      api.lastHover = rec;
+      api.hovers.push(rec);
+    });
+  }
+
+  // Beside the cursor, inside the frame. The tooltip's size is measured once per layout (one
+  // forced layout), not on every hover.
   function placeTip(row, mouse) {
     let cx, cy;
     if (mouse && typeof mouse.clientX === "number") {
@@ -415,14 +573,14 @@
       cx = p.x;
       cy = p.y;
     }
-    const w = tip.offsetWidth;
-    const h = tip.offsetHeight;
+    if (!state.tipSize) state.tipSize = { w: tip.offsetWidth, h: tip.offsetHeight };
+    const w = state.tipSize.w;
+    const h = state.tipSize.h;
     let left = cx + 16;
     let top = cy + 16;
     if (left + w > window.innerWidth - 4) left = Math.max(4, cx - w - 16);
     if (top + h > window.innerHeight - 4) top = Math.max(4, cy - h - 16);
-    tip.style.left = left + "px";
-    tip.style.top = top + "px";
+    tip.style.transform = "translate(" + left + "px," + top + "px)";
   }
 
   // Client (viewport) coordinates of a test row's point, or null when it is not on screen.
