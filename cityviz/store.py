@@ -514,6 +514,18 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
 _MANIFEST_KEYS = {"config": dict, "dataset": dict, "stages": dict, "models": list}
 
 
+def _existing(root: str | Path, rel: str) -> Path:
+    """The path of cache file ``rel``; :class:`CacheMissing` (naming the stage that writes it)
+    when its stage has not written it yet."""
+    path = Path(root) / rel
+    if not path.exists():
+        raise CacheMissing(
+            f"The cache at {root} has no {rel} yet; build it with `python -m precompute "
+            f"--cache {root} --stages {stage_of(rel)}`."
+        )
+    return path
+
+
 def read_table(root: str | Path, rel: str, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     """A Parquet table of the cache, checked for the columns its readers need.
 
@@ -521,12 +533,7 @@ def read_table(root: str | Path, rel: str, columns: tuple[str, ...] | None = Non
     Parquet, truncated, or lacks a required column (``columns``, default
     :data:`REQUIRED_COLUMNS` for its kind).
     """
-    path = Path(root) / rel
-    if not path.exists():
-        raise CacheMissing(
-            f"The cache at {root} has no {rel} yet; build it with `python -m precompute "
-            f"--cache {root} --stages {stage_of(rel)}`."
-        )
+    path = _existing(root, rel)
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ValueError, ...
@@ -541,12 +548,7 @@ def read_table(root: str | Path, rel: str, columns: tuple[str, ...] | None = Non
 
 def read_json(root: str | Path, rel: str, kind: type | None = None) -> Any:
     """A JSON file of the cache (of type ``kind`` when given), or :class:`CacheError`."""
-    path = Path(root) / rel
-    if not path.exists():
-        raise CacheMissing(
-            f"The cache at {root} has no {rel} yet; build it with `python -m precompute "
-            f"--cache {root} --stages {stage_of(rel)}`."
-        )
+    path = _existing(root, rel)
     try:
         obj = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
@@ -567,12 +569,7 @@ def read_array(
 ) -> np.ndarray:
     """A ``.npy`` array of the cache, checked: numeric dtype kind in ``kinds`` (numpy's
     ``dtype.kind`` letters), ``ndim`` dimensions, ``length`` rows; else :class:`CacheError`."""
-    path = Path(root) / rel
-    if not path.exists():
-        raise CacheMissing(
-            f"The cache at {root} has no {rel} yet; build it with `python -m precompute "
-            f"--cache {root} --stages {stage_of(rel)}`."
-        )
+    path = _existing(root, rel)
     try:
         arr = load_array(path, mmap=mmap)
     except Exception as exc:  # ValueError (pickled/object arrays, bad header), OSError, EOFError
@@ -588,12 +585,7 @@ def read_array(
 
 def read_arrays(root: str | Path, rel: str) -> dict[str, np.ndarray]:
     """A ``.npz`` file of the cache as a dict of arrays, or :class:`CacheError`."""
-    path = Path(root) / rel
-    if not path.exists():
-        raise CacheMissing(
-            f"The cache at {root} has no {rel} yet; build it with `python -m precompute "
-            f"--cache {root} --stages {stage_of(rel)}`."
-        )
+    path = _existing(root, rel)
     try:
         return load_arrays(path)
     except Exception as exc:  # BadZipFile, ValueError (pickles), OSError, EOFError

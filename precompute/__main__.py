@@ -190,13 +190,15 @@ def build_config_with_sources(
     return cfg, sources
 
 
-class Interrupted(Exception):
-    """Raised from the SIGTERM handler so that a terminated run ends like a Ctrl-C."""
+class Interrupted(BaseException):
+    """Raised from the SIGTERM handler so that a terminated run ends like a Ctrl-C (a
+    BaseException, as KeyboardInterrupt is, so no ``except Exception`` swallows it)."""
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 bad data or options, 2 environment or
-    cache-ownership problems, 130 interrupted). Never ends in a traceback for expected failures."""
+    cache-ownership problems, 3 a bug (its traceback saved to a file), 130 interrupted). Never
+    ends in a traceback."""
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -289,7 +291,33 @@ class _Run:
             if _is_safetensors_error(exc):
                 log.error("%s", environment_message(exc, self.cache_dir))
                 return 2
-            raise
+            where = self._save_traceback()
+            log.error(
+                "Unexpected error: %s: %s. This is a bug in cityviz; the traceback is in %s. "
+                "Finished work is kept; rerun the same command to resume.",
+                type(exc).__name__,
+                " ".join(str(exc).split())[:300],
+                where,
+            )
+            return 3
+
+    def _save_traceback(self) -> Path:
+        """Write the current exception's traceback under the cache's ``parts/`` (a folder
+        cityviz owns), or to a temporary file when there is no cache yet; returns the path."""
+        import tempfile
+        import traceback
+
+        text = traceback.format_exc()
+        if self.store is not None and self.store.exists():
+            path = self.cache_dir / "parts" / "last-error.txt"
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                return path
+        fd, name = tempfile.mkstemp(prefix="cityviz-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return Path(name)
 
     def _run(self, cfg: RunConfig, sources: dict[str, str], device) -> int:
         from cityviz.store import Cache, CacheStore, check_cache_dir

@@ -90,7 +90,7 @@ class Context:
         return {
             "data": 3 * len(self.cfg.decode_sizes),
             "train": n_models,
-            "cams": n_models * max(n_shards, 1),
+            "cams": n_models * (max(n_shards, 1) + 1),  # shards + the OOD reference
             "segment": max(n_shards, 1),
             "stats": max(n_shards, 1),
             "embed": n_models,

@@ -315,3 +315,20 @@ def test_photos_without_spot_information_are_announced(tmp_path, caplog, no_trai
                "--dry-run", "--no-progress", "-q"])  # fmt: skip
     assert rc == 0
     assert "20 of 20 photos have no spot information" in caplog.text
+
+
+def test_a_bug_is_one_sentence_and_its_traceback_is_saved(smoke_run, tmp_path, monkeypatch,
+                                                          caplog, capsys):  # fmt: skip
+    cache, data = smoke_run
+    work = clone_cache(cache, tmp_path / "cache")
+
+    def broken(ctx):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setitem(stages.STAGE_FUNCS, "thumbs", broken)
+    assert main(smoke_args(work, data, "--stages", "thumbs", "--force")) == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "ZeroDivisionError: a bug" in errors[0]
+    saved = work / "parts" / "last-error.txt"
+    assert str(saved) in errors[0] and "Traceback" in saved.read_text()
+    assert "Traceback" not in capsys.readouterr().err
