@@ -39,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,14 +82,18 @@ DONE = """(name) => {
   if (chips.length !== 1) return false;
   const del = chips[0].querySelector('[data-testid=stFileChipDeleteBtn] button');
   if (!del || del.getAttribute('aria-label') !== 'Remove ' + name) return false;
-  const ran = window.__log.some(e => e[0] === 'script-state' && e[3] >= window.__from);
+  const seen = window.__log.filter(e => e[0] === 'script-state' && e[3] >= window.__from);
+  const ran = seen.length > 0;
   const img = document.querySelector('[data-testid=stMain] [data-testid=stImage] img');
   const src = img ? img.getAttribute('src') : null;
   if (!ran && src === window.__crop) return false;
   const main = document.querySelector('[data-testid=stMain]');
   if (main.querySelector('[data-stale=true]')) return false;
-  return main.innerText.includes(' predicts ')
+  const shown = main.innerText.includes(' predicts ')
     || main.querySelector('[data-testid=stAlertContentError]') !== null;
+  // How the run showed itself: 'running' seen by the observer (all the old check knew), only
+  // as the old value of a batch of changes, or not at all (only the new image tells).
+  return shown && (seen.some(e => e[2] === 'running') ? 'running' : ran ? 'batched' : 'image');
 }"""
 SHOWN = """() => {  // what the page shows, for the message of an upload that did not finish
   const app = document.querySelector('[data-testid=stApp]');
@@ -165,6 +170,10 @@ class Session:
     timeout_s: float
     page: object = None
     errors: list[str] = field(default_factory=list)
+    how: Counter = field(default_factory=Counter)
+    """Finished uploads by how their run showed in the page (see :data:`DONE`): ``running``
+    (a 'running' state was observed), ``batched`` (only as the old value of a batch of state
+    changes) or ``image`` (no state change at all, only the new image)."""
 
     async def open(self) -> None:
         if self.page is not None:
@@ -224,7 +233,10 @@ class Session:
                 {"name": name, "mimeType": "image/jpeg", "buffer": data}, timeout=timeout_s * 1000
             )
             left = max(1.0, timeout_s - (time.perf_counter() - t0))
-            await self.page.wait_for_function(DONE, arg=name, timeout=left * 1000, polling=50)
+            done = await self.page.wait_for_function(
+                DONE, arg=name, timeout=left * 1000, polling=50
+            )
+            self.how[await done.json_value()] += 1
         except Exception as exc:  # Playwright's TimeoutError or a closed page: report, go on
             waited = time.perf_counter() - t0
             reason = str(exc).splitlines()[0][:160]
@@ -263,6 +275,9 @@ async def soak(session: Session, pid: int, args) -> None:
         print(f"soak: all {args.uploads} uploads failed", flush=True)
         return
     half = [(n, r) for n, r in rss if n >= args.uploads // 2]
+    print(f"soak: finished uploads by how the run showed in the page: {dict(session.how)} "
+          "(only 'running' ones would satisfy a check that waits for a 'running' state)",
+          flush=True)  # fmt: skip
     print(f"soak: {args.uploads} uploads, {failed} failed; RSS {rss[0][1]:.0f} -> {rss[-1][1]:.0f}"
           f" MB, max {max(r for _, r in rss):.0f} MB; slope {slope_mb_per_upload(rss[1:]):+.3f} MB "
           f"per upload over all, {slope_mb_per_upload(half):+.3f} MB per upload over the second "

@@ -11,7 +11,9 @@ import hashlib
 import io
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -170,6 +172,38 @@ class ModelResult:
         return float(self.probs[self.pred])
 
 
+_threads_lock = threading.Lock()
+_threads_active = 0
+_threads_saved = 0
+
+
+@contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Run torch single-threaded (intra-op) inside the block, in every thread inside one.
+
+    A dashboard serves many sessions at once, each in its own script thread; with torch's
+    default of one intra-op thread per core, ``n`` sessions start ``n × cores`` busy threads on
+    ``cores`` cores, and every parallel region waits at its barrier for threads that are not
+    scheduled. One thread per explanation lets the sessions, not the threads, share the cores
+    (measured in ``bench/soak.py``). ``torch.set_num_threads`` is process-wide, so the value in
+    force before the first thread entered is put back when the last one leaves; code outside
+    any block (training, tests) keeps its own setting.
+    """
+    global _threads_active, _threads_saved
+    with _threads_lock:
+        if _threads_active == 0:
+            _threads_saved = torch.get_num_threads()
+        _threads_active += 1
+        torch.set_num_threads(1)  # this thread's OpenMP setting, and the default for new ones
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_active -= 1
+            if _threads_active == 0:
+                torch.set_num_threads(_threads_saved)
+
+
 def predict(
     explainer: Explainer,
     image: np.ndarray,
@@ -180,10 +214,12 @@ def predict(
     model_id: str = "",
 ) -> ModelResult:
     """Grad-CAM of the predicted city for one full photo (resized and centre-cropped here),
-    with the photo's pooled trunk features taken from the same forward pass."""
+    with the photo's pooled trunk features taken from the same forward pass; torch runs
+    single-threaded inside (see :func:`one_intra_op_thread`)."""
     crop = np.array(resize_center_crop(image, input_size))  # writable: torch.from_numpy
     tap = _Tap(explainer.trunk)  # one per call: nothing is shared between threads
-    res = compute_cams(tap, explainer.head, explainer.prepare(crop[None]), method=method)
+    with one_intra_op_thread():
+        res = compute_cams(tap, explainer.head, explainer.prepare(crop[None]), method=method)
     probs = res.probs[0].detach().cpu().double().numpy()
     pred = int(res.target[0])
     mask = mask_norm(res.cams, display_size)[0]
