@@ -151,14 +151,33 @@ def time_train_step(
     return (time.perf_counter() - t0) / (steps * batch)
 
 
+def time_inference(arch: str, size: int, batch: int, n_classes: int, device) -> float:
+    """Measured seconds per image of ``arch``'s forward pass at ``size`` px without autograd (one
+    warm-up batch, then one timed batch; random weights and data)."""
+    from cityviz.models.archs import build_model
+    from cityviz.models.train import to_batch
+
+    model = build_model(arch, n_classes).to(device)
+    images = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
+    x = to_batch(images, device).float()
+    with torch.no_grad():
+        model(x)
+        t0 = time.perf_counter()
+        model(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / batch
+
+
 def estimate_run(
     cfg: RunConfig, split_sizes: dict[str, int], n_classes: int, device, todo_models: list[str]
 ) -> Estimate:
-    """Wall time of the models still to train and explain, from a short calibration.
+    """Wall time of the models still to train and explain, from a short calibration (a few
+    training steps and a forward pass per architecture, measured on ``device``).
 
-    Training: epochs × train images × measured seconds per image, plus one inference pass over
-    every split per epoch (a third of a training step per image); CAMs about one inference pass
-    over the test split per model. Other stages are small next to these on a CPU.
+    Training: epochs × (train images × seconds per training image + validation images × seconds
+    per inference), then one prediction of every split; CAMs about two forward passes per test
+    image and model. Other stages are small next to these on a CPU.
     """
     n_train, n_val, n_test = (split_sizes.get(s, 0) for s in ("train", "val", "test"))
     per_image: dict[str, float] = {}
@@ -169,13 +188,20 @@ def estimate_run(
         if not todo:
             continue
         if arch not in per_image:
-            batch = min(cfg.batch_size, 8)
+            batch = min(cfg.batch_size, 32)  # the real batch: Adam's step is per batch
             per_image[arch] = time_train_step(
                 arch, cfg.input_size(arch), batch, n_classes, device, precision=cfg.precision
             )
-        t = per_image[arch]
-        train += len(todo) * cfg.epochs * (n_train * t + (n_val * t) / 3)
-        cams += len(todo) * n_test * t / 3
+            per_image[arch + ":infer"] = time_inference(
+                arch, cfg.input_size(arch), batch, n_classes, device
+            )
+        t, infer = per_image[arch], per_image[arch + ":infer"]
+        # an epoch: a training step per training image, an evaluation of the validation split;
+        # then every split is predicted once, and a CAM costs about two forward passes
+        train += len(todo) * (
+            cfg.epochs * (n_train * t + n_val * infer) + (n_train + n_val) * infer
+        )
+        cams += len(todo) * n_test * 2 * infer
     est = Estimate({"train": train, "cams": cams})
     est.seconds["embed"] = len(cfg.model_ids) * len(cfg.embed_methods) * (2 + n_test / 1000.0)
     return est

@@ -115,7 +115,22 @@ def _uploads(url: str, seeds: list[int], timeout_s: float) -> tuple[list[float |
                 await session.close()
                 await browser.close()
 
-    return asyncio.run(go())
+    # in a thread of its own: the browser tests' session-wide sync Playwright keeps an event loop
+    # running in the main thread, where asyncio.run() refuses to start another
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = asyncio.run(go())
+        except BaseException as exc:  # re-raised in the test's thread
+            out["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def test_a_normal_run_finishes_every_time(base_url):
