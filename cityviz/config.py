@@ -142,7 +142,7 @@ PROFILES: dict[str, RunConfig] = {
 
 PROFILE_HELP = {
     "demo": "synthetic cities at 96 px (VGG11 sees 128 px, ResNet18 192 px), 4 architectures × 2 "
-    "seeds, 3 epochs, Grad-CAM++ (< 10 min on 2 CPU cores)",
+    "seeds, 3 epochs, Grad-CAM++ (about 11 min on 2 CPU cores)",
     "paper": "the paper's setting: 224 px, 30 epochs, lr 1e-4 ×0.1 every 10 epochs (needs a GPU)",
     "cpu": "real photos on a CPU: 112 px, Simple + ResNet18, 1 seed, 5 epochs (the default for "
     "--data when no GPU is seen)",
