@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cityviz.config import RunConfig, model_id
+from cityviz.ui.overview import fmt_duration
 
 log = logging.getLogger("precompute")
 
@@ -116,16 +117,6 @@ class Estimate:
     def describe(self) -> str:
         parts = ", ".join(f"{k} {fmt_duration(v)}" for k, v in self.seconds.items() if v >= 1)
         return f"≈ {fmt_duration(self.total)}" + (f" ({parts})" if parts else "")
-
-
-def fmt_duration(seconds: float) -> str:
-    """``3 h 50 min`` / ``12 min`` / ``40 s``."""
-    s = round(seconds)
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    if s >= 120:
-        return f"{s // 60} min"
-    return f"{s} s"
 
 
 def time_train_step(
