@@ -18,7 +18,7 @@ $(BIN)/.runtime: requirements.txt
 	$(BIN)/python -m pip install -q -r requirements.txt
 	touch $@
 
-$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
+$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt requirements-scale.txt
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $@
 

@@ -25,9 +25,12 @@ PAGES = (
     # file, title, icon, url path
     ("pages/overview.py", "Overview", ":material/home:", "overview"),
     ("pages/map.py", "Explanation map", ":material/scatter_plot:", "map"),
+    ("pages/geography.py", "Geography", ":material/map:", "geography"),
     ("pages/objects.py", "Objects", ":material/category:", "objects"),
+    ("pages/gallery.py", "Galleries", ":material/photo_library:", "gallery"),
     ("pages/compare.py", "Compare models", ":material/compare_arrows:", "compare"),
     ("pages/live.py", "Live Grad-CAM", ":material/photo_camera:", "live"),
+    ("pages/trust.py", "Trust", ":material/verified:", "trust"),
 )
 
 

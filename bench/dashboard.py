@@ -34,9 +34,19 @@ Figures:
 * **threshold**: on the Objects page, one arrow-key step of the "Explanation threshold" slider
   until Streamlit reports the script run finished (MutationObserver on the app's script state).
 * **server memory**: RSS and peak RSS (VmHWM) of the Streamlit process from /proc at the end.
+* **geography** (``--only geo``, issue 13): the Geography page's tile-free map (the explanation
+  map's component with longitude / latitude as x / y) until every located point is drawn, in a
+  fresh browser context (first visit after start, then warm), hover in page (as *hover*), and
+  switching to the H3 cells view (Plotly ``choroplethmap``) until the hexagons are drawn.
+* **map libraries** (``--only geolibs``): Plotly ``scatter_map`` (MapLibre, tile-free
+  ``white-bg`` style) against pydeck's ``ScatterplotLayer`` (``st.pydeck_chart``) on the same
+  ``--n`` points around Tokyo, each alone on a page of a throw-away app: time to interactive
+  (from ``page.goto`` to the first hover label of a point at the map's centre) and hover round
+  trips (mouse moved onto that point until the library's label is shown).
 
 Goals: issue 4: map <= 3 s, server <= 1.5 GB; issue 10: hover p95 <= 50 ms at 30 000 points,
-threshold <= 150 ms, and the time to a usable Overview reported.
+threshold <= 150 ms, and the time to a usable Overview reported; issue 13: the Geography page
+within the explanation map's goals.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import argparse
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,10 +69,12 @@ from support import (  # noqa: E402
     CHROMIUM,
     CHROMIUM_ARGS,
     VIEWPORT,
+    free_port,
     map_frame,
     screenshot,
     start_server,
     stop_server,
+    wait_healthy,
     wait_idle,
 )
 
@@ -235,6 +248,151 @@ def time_startup(browser, cache: Path, log: Path, extra_env: dict[str, str] | No
     return proc, url, healthy, usable
 
 
+def time_geography(browser, url: str, hovers: int, seed: int) -> dict[str, float]:
+    """The Geography page: seconds to a drawn tile-free map (first visit after start, then in a
+    second fresh context), in-page hover milliseconds, seconds to the H3 cells view."""
+    out: dict[str, float] = {}
+    for key in ("geo_cold", "geo_first"):
+        context = browser.new_context(viewport=VIEWPORT)
+        page = context.new_page()
+        page.set_default_timeout(180_000)
+        t0 = time.perf_counter()
+        page.goto(url + "/geography")
+        map_frame(page)
+        out[key] = time.perf_counter() - t0
+        if key == "geo_first":
+            # every located image on one map (the page opens on one city when the cities are far
+            # apart), then the map sits lower than the explanation map's: bring it into view
+            _, frame = map_frame(page)
+            renders = frame.evaluate("window.cityviz.renders")
+            choose_option(page, "Area", "All cities")
+            frame.wait_for_function(f"() => window.cityviz.renders > {renders}")
+            page.locator("iframe[title*='explanation_map']").scroll_into_view_if_needed()
+            in_page, _, _ = time_hovers(page, hovers, seed)
+            out.update(geo_hover_median=statistics.median(in_page),
+                       geo_hover_p95=pct(in_page, 95), geo_points=map_frame(page)[1].evaluate(
+                           "window.cityviz.nPoints"))  # fmt: skip
+            if seed == 0:
+                screenshot(page, "geography-30k-hover")
+            t0 = time.perf_counter()
+            page.locator(".st-key-geo_view button", has_text="H3 cells").click()
+            page.wait_for_function(
+                "() => { const d = document.querySelector("
+                "'[data-testid=stPlotlyChart] .js-plotly-plot'); return d && d.data &&"
+                " d.data[0].type === 'choroplethmap' && d._fullLayout.map &&"
+                " d._fullLayout.map._subplot.map.loaded(); }",
+                polling=20,
+            )
+            out["geo_cells"] = time.perf_counter() - t0
+        context.close()
+    return out
+
+
+LIBS_SCRIPT = """
+import numpy as np, pandas as pd, streamlit as st
+st.set_page_config(layout="wide")
+n, lib = int(st.query_params.get("n", 30000)), st.query_params.get("lib", "plotly")
+rng = np.random.default_rng(0)
+lat0, lon0, hole = 35.68, 139.76, 0.004  # P0 at the centre, no other point within `hole` deg
+d = rng.uniform(-0.05, 0.05, size=(4 * n, 2))
+d = d[np.hypot(d[:, 0], d[:, 1]) > hole][: n - 1]
+lat = np.r_[lat0, lat0 + d[:, 0]]
+lon = np.r_[lon0, lon0 + d[:, 1]]
+label = [f"P{i}" for i in range(len(lat))]
+if lib == "plotly":
+    import plotly.graph_objects as go
+    fig = go.Figure(go.Scattermap(lat=lat, lon=lon, text=label, mode="markers",
+                                  marker={"size": 5}, hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(map={"style": "white-bg", "center": {"lat": lat0, "lon": lon0},
+                           "zoom": 13}, height=600, margin={"l": 0, "r": 0, "t": 0, "b": 0})
+    st.plotly_chart(fig, key="m")
+else:
+    import pydeck as pdk
+    data = pd.DataFrame({"lat": lat, "lon": lon, "label": label})
+    layer = pdk.Layer("ScatterplotLayer", data=data, get_position=["lon", "lat"], get_radius=3,
+                      radius_units="pixels", get_fill_color=[31, 119, 180], pickable=True)
+    st.pydeck_chart(pdk.Deck(layers=[layer], map_style=None, tooltip={"text": "{label}"},
+                             initial_view_state=pdk.ViewState(latitude=lat0, longitude=lon0,
+                                                              zoom=13)), height=600)
+"""
+
+LIB_LABEL = {  # the hover label of P0 is shown
+    "plotly": "() => Array.from(document.querySelectorAll('.hoverlayer .hovertext'))"
+    ".some(e => e.textContent.includes('P0'))",
+    "pydeck": "() => Array.from(document.querySelectorAll('.deck-tooltip'))"
+    ".some(e => e.style.display !== 'none' && e.textContent.trim() === 'P0')",
+}
+LIB_CHART = {"plotly": "[data-testid=stPlotlyChart]", "pydeck": "[data-testid=stDeckGlJsonChart]"}
+
+
+LIB_TIMEOUT_S = 120
+
+
+def _time_library(page, url: str, lib: str, n: int, hovers: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    page.goto(f"{url}/?lib={lib}&n={n}")
+    chart = page.locator(LIB_CHART[lib]).first
+    chart.wait_for()
+    while True:  # the first hover that shows P0's label: drawn and pickable
+        box = chart.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx - 40, cy - 40)
+        page.mouse.move(cx, cy, steps=2)
+        try:
+            page.wait_for_function(LIB_LABEL[lib], timeout=500, polling="raf")
+            break
+        except PlaywrightTimeout:
+            if time.perf_counter() - t0 > LIB_TIMEOUT_S:
+                raise
+    out = {f"lib_{lib}_ready": time.perf_counter() - t0}
+    trips = []
+    for _ in range(hovers):
+        page.mouse.move(box["x"] + 5, box["y"] + 5)
+        page.wait_for_function(f"() => !({LIB_LABEL[lib]})()", polling="raf")
+        t0 = time.perf_counter()
+        page.mouse.move(cx, cy)
+        page.wait_for_function(LIB_LABEL[lib], polling="raf")
+        trips.append((time.perf_counter() - t0) * 1000)
+    out[f"lib_{lib}_hover"] = statistics.median(trips)
+    out[f"lib_{lib}_hover_p95"] = pct(trips, 95)
+    return out
+
+
+def time_map_libraries(browser, n: int, hovers: int, log: Path) -> dict[str, float]:
+    """Plotly scatter_map vs pydeck on ``n`` points (see the module docstring): seconds to
+    interactive and hover round-trip milliseconds (median, p95) per library."""
+    script = log.with_name("geo_libs_app.py")
+    script.write_text(LIBS_SCRIPT)
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port),
+           "--browser.gatherUsageStats", "false"]  # fmt: skip
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=script.parent, stdout=f, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log, 180)
+    except Exception:
+        stop_server(proc)
+        raise
+    out: dict[str, float] = {}
+    try:
+        for lib in ("plotly", "pydeck"):
+            context = browser.new_context(viewport=VIEWPORT)
+            page = context.new_page()
+            page.set_default_timeout(LIB_TIMEOUT_S * 1000)
+            try:
+                out.update(_time_library(page, url, lib, n, hovers))
+            except PlaywrightTimeout:  # seen: pydeck hanging software-WebGL Chromium
+                print(f"{lib}: not interactive within {LIB_TIMEOUT_S} s", flush=True)
+                out[f"lib_{lib}_ready"] = float("nan")
+            finally:
+                context.close()
+    finally:
+        stop_server(proc)
+    return out
+
+
 # (key, label, unit, before): "before" is issue 10's measurement at load 2-3 (None: not measured).
 FIGURES = [
     ("startup_healthy", "start-up: server healthy", "s", None),
@@ -258,6 +416,18 @@ FIGURES = [
     ("threshold_median", "threshold step, median", "ms", 207.0),
     ("threshold_max", "threshold step, max", "ms", 272.0),
     ("threshold_unseen", "threshold steps not seen", "", None),
+    ("geo_points", "geography: points on the map", "", None),
+    ("geo_cold", "geography, first visit after start", "s", None),
+    ("geo_first", "geography, fresh browser", "s", None),
+    ("geo_hover_median", "geography hover in page, median", "ms", None),
+    ("geo_hover_p95", "geography hover in page, p95", "ms", None),
+    ("geo_cells", "geography: switch to H3 cells", "s", None),
+    ("lib_plotly_ready", "scatter_map: to interactive", "s", None),
+    ("lib_plotly_hover", "scatter_map: hover round trip med", "ms", None),
+    ("lib_plotly_hover_p95", "scatter_map: hover round trip p95", "ms", None),
+    ("lib_pydeck_ready", "pydeck: to interactive", "s", None),
+    ("lib_pydeck_hover", "pydeck: hover round trip med", "ms", None),
+    ("lib_pydeck_hover_p95", "pydeck: hover round trip p95", "ms", None),
     ("rss", "server RSS at the end", "MB", None),
     ("peak", "server peak RSS", "MB", None),
 ]
@@ -303,6 +473,8 @@ def one_round(browser, cache: Path, log: Path, args, seed: int) -> dict[str, flo
             out["switch_cold"] = time_model_switch(page, second)
             time_model_switch(page, first)
             out["switch_warm"] = time_model_switch(page, second)
+        if "geo" in args.only and "lat" in Cache(cache).images().columns:  # has coordinates
+            out.update(time_geography(browser, url, args.hovers, seed))
         if "threshold" in args.only:
             steps, unseen = time_threshold(page, url, args.thresholds)
             out["threshold_unseen"] = unseen
@@ -312,6 +484,8 @@ def one_round(browser, cache: Path, log: Path, args, seed: int) -> dict[str, flo
         out["rss"], out["peak"] = rss_mb(proc.pid)
     finally:
         stop_server(proc)
+    if "geolibs" in args.only:
+        out.update(time_map_libraries(browser, args.n_libs, args.hovers, log))
     out["load_end"] = os.getloadavg()[0]
     return out
 
@@ -340,8 +514,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hovers", type=int, default=60, help="per round")
     ap.add_argument("--map-loads", type=int, default=3, help="per round (the first is cold)")
     ap.add_argument("--thresholds", type=int, default=8, help="per round")
-    ap.add_argument("--only", default="startup,map,hover,threshold",
-                    help="comma-separated parts (start-up is always measured)")  # fmt: skip
+    ap.add_argument("--only", default="startup,map,hover,threshold,geo",
+                    help="comma-separated parts (start-up is always measured), "
+                    "also geolibs")  # fmt: skip
+    ap.add_argument("--n-libs", type=int, default=30_000,
+                    help="points of scatter_map vs pydeck (--only geolibs)")  # fmt: skip
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                     help="add to the server's environment, e.g. "
                     "STREAMLIT_RUNNER_POST_SCRIPT_GC=false (repeatable)")  # fmt: skip

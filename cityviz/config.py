@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-STAGES = ("data", "train", "cams", "segment", "stats", "embed", "thumbs")
+STAGES = ("data", "train", "cams", "segment", "stats", "trust", "embed", "thumbs")
 
 
 @dataclass
@@ -55,6 +55,17 @@ class RunConfig:
     thumb_size: int = 96
     shard_size: int = 256
     bootstrap: int = 200
+    # trust checks of R_p^c (cityviz.trust.nulls): permutations of the permutation null and of
+    # the city contrast (999: p-values down to 0.001), and the images per city the null tests
+    # (its cost grows with their square; a city with more is tested on a random sample)
+    n_permutations: int = 999
+    null_images: int = 200
+    # model-side trust checks (precompute/trust.py): test images for the randomisation,
+    # other-city and deletion/insertion tests (a per-city balanced sample), steps of the
+    # deletion/insertion curves, and test images per city × object for object removal
+    trust_sample: int = 32
+    trust_steps: int = 10
+    trust_removal_max: int = 32
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +124,9 @@ PROFILES: dict[str, RunConfig] = {
         epochs=3,
         batch_size=8,
         lr=1e-4,
+        # the trust checks' costly parts on fewer images, to keep the demo near its 10 minutes
+        trust_sample=16,
+        trust_removal_max=16,
     ),
     # real photos on a CPU: two fast architectures, one seed, a smaller input; minutes for a few
     # thousand photos on 2 cores instead of hours
@@ -137,6 +151,9 @@ PROFILES: dict[str, RunConfig] = {
         shard_size=8,
         bootstrap=20,
         n_clusters=3,
+        trust_sample=4,
+        trust_steps=4,
+        trust_removal_max=2,
     ),
 }
 

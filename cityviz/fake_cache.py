@@ -215,6 +215,26 @@ def _predictions(
     return predictions_frame(model_id, test, target, probs)
 
 
+def _coordinates(cities: Sequence[str], city_idx: np.ndarray, seed: int):
+    """``(lat, lon, district)`` of every image, laid out like the synthetic set's districts
+    (:mod:`cityviz.data.synth`): image ``i`` in district ``i % 4`` of its city's patch. Every
+    25th image has no coordinates (NaN), as photos without GPS would. Drawn from their own
+    random stream, so the rest of the cache does not change."""
+    from cityviz.data.synth import DISTRICTS, city_centres, district_points
+
+    n = len(city_idx)
+    rng = np.random.default_rng([seed, 13])
+    u, v = rng.random(n), rng.random(n)
+    district = np.arange(n) % len(DISTRICTS)
+    lat, lon = np.full(n, np.nan), np.full(n, np.nan)
+    for c, (clat, clon) in enumerate(city_centres(list(cities)).values()):
+        sel = city_idx == c
+        lat[sel], lon[sel] = district_points((clat, clon), district[sel], u[sel], v[sel])
+    unknown = np.arange(n) % 25 == 24
+    lat[unknown] = lon[unknown] = np.nan
+    return lat, lon, np.asarray(DISTRICTS, dtype=object)[district]
+
+
 def _map_coords(cluster: np.ndarray, rng: np.random.Generator, spread: float, sd: float):
     k = int(cluster.max()) + 1 if len(cluster) else 1
     angle = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 2 * np.pi)
@@ -242,13 +262,16 @@ def make_fake_cache(
     test_fraction: float = 0.2,
     pool_size: int = 256,
     progress: bool = False,
+    with_trust: bool = True,
 ) -> Path:
     """Write a fake cache to ``root`` (which must not hold a cache yet) and return its path.
 
     ``n_images`` counts all splits; ``test_fraction`` of them (at least one per city) form the
     test split that every per-image table covers. ``with_models=False`` skips the checkpoint
     files (the manifest still lists the models); ``with_labels=False`` makes a cache without a
-    segmenter (no labels, histograms or R_p^c); ``with_thumbs=False`` skips the sprite sheets.
+    segmenter (no labels, histograms or R_p^c); ``with_thumbs=False`` skips the sprite sheets;
+    ``with_trust=False`` skips the trust checks (``trust/``, ``stats/rpc_null.parquet``,
+    ``stats/rpc_contrast.parquet``; see :func:`_save_trust`).
     """
     t0 = time.perf_counter()
     root = Path(root)
@@ -288,6 +311,7 @@ def make_fake_cache(
             "row": np.where(idx < n_test, idx, -1).astype(np.int64),
         }
     )
+    images["lat"], images["lon"], images["district"] = _coordinates(cities, city_idx, seed)
     test = images[images["row"] >= 0].reset_index(drop=True)
     test_pool = pool_of[:n_test]
     split_counts = {
@@ -366,6 +390,8 @@ def make_fake_cache(
     store.save_table("predictions.parquet", pd.concat(preds, ignore_index=True))
     if rpcs:
         store.save_table("stats/rpc.parquet", pd.concat(rpcs, ignore_index=True))
+    if with_trust:
+        _save_trust(store, models, preds, hists, test, class_names, planted, seed)
     _save_ar(store, models, masks_of, test, test_pool)
 
     # -- thumbnails -----------------------------------------------------------------------------
@@ -394,6 +420,8 @@ def make_fake_cache(
         if (name == "segment" and not with_labels) or (name == "thumbs" and not with_thumbs):
             continue
         store.finish_stage(name, elapsed / len(_STAGES))
+    if with_trust:
+        store.finish_stage("trust", 0.0)
     return root
 
 
@@ -582,6 +610,198 @@ def _save_ar(
             "claim_holds": None,
         }
     store.save_json("stats/arch_vs_seed.json", verdict)
+
+
+# --------------------------------------------------------------------------- trust checks
+
+TRUST_THRESHOLDS = (0.25, 0.5, 0.75)
+"""Thresholds at which the fake cache writes the permutation null and the city contrast."""
+_MPRT_LAYERS = ("logits", "block 4", "block 3", "block 2", "block 1")
+_FRACTIONS = np.linspace(0.0, 1.0, 21)
+
+
+def _save_trust(
+    store: CacheStore,
+    models: list[dict],
+    preds: list[pd.DataFrame],
+    hists: dict[str, pd.DataFrame],
+    test: pd.DataFrame,
+    class_names: list[str],
+    planted: dict[str, list[str]],
+    seed: int,
+) -> None:
+    """Made-up, internally consistent trust tables (the table contract of issue 11).
+
+    ``trust/{mprt,other_city,curves,auc,removal}.parquet`` and ``trust/verdict.json`` for every
+    model with the config's CAM method, and, when the cache has histograms,
+    ``stats/rpc_null.parquet`` and ``stats/rpc_contrast.parquet`` at :data:`TRUST_THRESHOLDS`.
+    The null is the city's average explained rate with a binomial-width interval and the
+    contrast a normal approximation: shapes and columns as the real stages write them, values
+    chosen so planted objects come out above the null and causal, shared ones mostly not. The
+    second model's other-city masks are made near-identical, so its verdict is "warn".
+    """
+    method = str(store.manifest["config"].get("cam_method", "gradcam"))
+    cities = [str(c) for c in store.manifest["dataset"]["cities"]]
+    n_cities = len(cities)
+    pred_of = {str(p["model_id"].iloc[0]): p for p in preds}
+    mprt, other, curves, aucs, removal, verdict = [], [], [], [], [], {}
+    for i, entry in enumerate(models):
+        model_id = entry["model_id"]
+        rng = np.random.default_rng([seed, i, 7])
+        n_test = len(test)
+        # model-parameter randomisation: similarity falls to about zero once the head is random
+        decay = np.r_[1.0, np.exp(-np.arange(1, len(_MPRT_LAYERS)) * rng.uniform(1.2, 2.0))]
+        for step, layer in enumerate(_MPRT_LAYERS):
+            sp = float(np.clip(decay[step] * 0.9 + rng.normal(0, 0.02), -0.1, 1.0))
+            ss = float(np.clip(decay[step] * 0.8 + 0.05 + rng.normal(0, 0.02), 0.0, 1.0))
+            mprt.append((model_id, method, step, layer, sp, sp - 0.06, sp + 0.06,
+                         ss, ss - 0.05, ss + 0.05, n_test))  # fmt: skip
+        ar = 0.02 if i == 1 else float(rng.uniform(0.2, 0.35))
+        other.append((model_id, method, ar, ar * 0.8, ar * 1.2, 1 - 2 * ar, n_test))
+        # deletion / insertion curves of the predicted city's probability
+        pred = pred_of[model_id]
+        p0, chance = float(pred["confidence"].mean()), 1.0 / max(n_cities, 1)
+        rate = rng.uniform(5.0, 9.0)
+        f = _FRACTIONS
+        shapes = {
+            ("deletion", "mask"): chance + (p0 - chance) * np.exp(-rate * f),
+            ("deletion", "random"): chance + (p0 - chance) * (1 - f) ** 0.6,
+            ("insertion", "mask"): chance + (p0 - chance) * (1 - np.exp(-rate * f)),
+            ("insertion", "random"): chance + (p0 - chance) * f**1.6,
+        }
+        for (curve, order), prob in shapes.items():
+            curves += [(model_id, method, curve, order, float(x), float(y))
+                       for x, y in zip(f, prob, strict=True)]  # fmt: skip
+            auc = float(np.trapezoid(prob, f))
+            for city in ["all", *cities]:
+                a = auc if city == "all" else float(np.clip(auc + rng.normal(0, 0.02), 0, 1))
+                n = n_test if city == "all" else int((test["city"] == city).sum())
+                aucs.append((model_id, method, city, curve, order, a, a - 0.03, a + 0.03, n))
+        deletion = {o: np.trapezoid(shapes[("deletion", o)], f) for o in ("mask", "random")}
+        checks = {
+            "mprt": {"passed": bool(decay[1] < 0.4), "value": round(float(decay[1] * 0.9), 3),
+                     "rule": "Spearman rank correlation below 0.4 once the logits layer is "
+                             "randomised"},
+            "other_city": {"passed": ar >= 0.1, "value": round(ar, 3),
+                           "rule": "AR between the predicted city's mask and another city's "
+                                   "mask at least 0.1"},
+            "deletion": {"passed": bool(deletion["mask"] < deletion["random"]),
+                         "value": round(float(deletion["mask"] - deletion["random"]), 3),
+                         "rule": "deletion AUC in mask order below the AUC in random order"},
+        }  # fmt: skip
+        failed = [k for k, c in checks.items() if not c["passed"]]
+        word = "pass" if not failed else "warn" if failed == ["other_city"] else "fail"
+        words = {"mprt": "the randomisation test", "other_city": "the other-city test",
+                 "deletion": "the deletion test"}  # fmt: skip
+        sentence = (
+            "Its explanations depend on the weights, on the city explained and on the pixels "
+            "that change the prediction."
+            if not failed
+            else f"Not passed: {' and '.join(words[k] for k in failed)}; read its findings "
+            "with care."
+        )
+        verdict[model_id] = {"method": method, "verdict": word, "sentence": sentence,
+                             "checks": checks}  # fmt: skip
+        # object removal, per city and object present in its test images
+        hist = hists.get(model_id)
+        if hist is None:
+            continue
+        city_rows = pred.merge(test[["image_id", "city"]], on="image_id")
+        pixels = hist.groupby(["class_id", "image_id"], as_index=False)["n_pixels"].sum()
+        pixels = pixels.merge(test[["image_id", "city"]], on="image_id")
+        area = pixels.groupby(["city", "class_id"])["n_pixels"].agg(["sum", "count"])
+        size2 = float(store.manifest["config"]["image_size"]) ** 2
+        for (city, class_id), row in area.iterrows():
+            if row["count"] < 2:
+                continue
+            obj = class_names[int(class_id)]
+            mine = city_rows[city_rows["city"] == city]
+            acc0 = float(mine["correct"].mean())
+            prob0 = float(mine["confidence"].mean())
+            strong = obj in (planted.get(city) or ())
+            keep = rng.uniform(0.05, 0.35) if strong else rng.uniform(0.96, 1.0)
+            acc1, acc_r = acc0 * keep, acc0 * rng.uniform(0.96, 1.0)
+            prob1, prob_r = prob0 * keep, prob0 * rng.uniform(0.96, 1.0)
+            drop, drop_r = acc0 - acc1, acc0 - acc_r
+            removal.append((model_id, city, obj, int(class_id), int(row["count"]),
+                            float(row["sum"] / row["count"] / size2), acc0, acc1, acc_r,
+                            prob0, prob1, prob_r, drop, drop_r, drop - drop_r - 0.05,
+                            drop - drop_r + 0.05, bool(drop - drop_r - 0.05 > 0)))  # fmt: skip
+    _table = store.save_table
+    _table("trust/mprt.parquet", pd.DataFrame(mprt, columns=[
+        "model_id", "method", "step", "layer", "spearman", "spearman_lo", "spearman_hi",
+        "ssim", "ssim_lo", "ssim_hi", "n_images"]))  # fmt: skip
+    _table("trust/other_city.parquet", pd.DataFrame(other, columns=[
+        "model_id", "method", "ar", "ar_lo", "ar_hi", "spearman", "n_images"]))  # fmt: skip
+    _table("trust/curves.parquet", pd.DataFrame(curves, columns=[
+        "model_id", "method", "curve", "order", "fraction", "prob"]))  # fmt: skip
+    _table("trust/auc.parquet", pd.DataFrame(aucs, columns=[
+        "model_id", "method", "city", "curve", "order", "auc", "auc_lo", "auc_hi",
+        "n_images"]))  # fmt: skip
+    _table("trust/removal.parquet", pd.DataFrame(removal, columns=[
+        "model_id", "city", "object", "class_id", "n_images", "area", "acc_before", "acc_after",
+        "acc_random", "prob_before", "prob_after", "prob_random", "drop", "drop_random",
+        "drop_lo", "drop_hi", "causal"]))  # fmt: skip
+    store.save_json("trust/verdict.json", verdict)
+    if hists:
+        null, contrast = _fake_rpc_null(hists, test, class_names)
+        _table("stats/rpc_null.parquet", null)
+        _table("stats/rpc_contrast.parquet", contrast)
+
+
+def _normal_sf(z: np.ndarray) -> np.ndarray:
+    """Upper tail of the standard normal distribution."""
+    return 0.5 * np.vectorize(math.erfc)(np.asarray(z, dtype=float) / math.sqrt(2))
+
+
+def _fake_rpc_null(
+    hists: dict[str, pd.DataFrame], test: pd.DataFrame, class_names: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(rpc_null, rpc_contrast)`` tables from the models' real R_p^c at
+    :data:`TRUST_THRESHOLDS`, with a normal-approximation null (see :func:`_save_trust`)."""
+    city_of = test.set_index("image_id")["city"]
+    n_images_of = test["city"].value_counts()
+    nulls, contrasts = [], []
+    for model_id, hist in hists.items():
+        for t in TRUST_THRESHOLDS:
+            rpc = stats.rpc_table(hist, city_of, t, class_names, n_images_of=n_images_of)
+            rpc = rpc[rpc["N"] > 0].copy()
+            city_m = rpc.groupby("city")["M"].transform("sum")
+            city_n = rpc.groupby("city")["N"].transform("sum")
+            mean = (city_m / city_n).to_numpy()
+            n_img = rpc["city"].map(n_images_of).to_numpy(dtype=float)
+            sd = np.sqrt(mean * (1 - mean) / n_img) + 1e-3
+            z = (rpc["rpc"].to_numpy() - mean) / sd
+            p = _normal_sf(z)
+            n_obj = rpc.groupby("city")["object"].transform("count").to_numpy()
+            p_adj = np.minimum(1.0, p * n_obj)  # Bonferroni across each city's objects
+            lo, hi = np.clip(mean - 1.96 * sd, 0, 1), np.clip(mean + 1.96 * sd, 0, 1)
+            nulls.append(pd.DataFrame({
+                "model_id": model_id, "city": rpc["city"].to_numpy(),
+                "object": rpc["object"].to_numpy(), "class_id": rpc["class_id"].to_numpy(),
+                "threshold": t, "rpc": rpc["rpc"].to_numpy(), "null_mean": mean,
+                "null_lo": lo, "null_hi": hi, "p_value": p, "p_adjusted": p_adj,
+                "above_null": (rpc["rpc"].to_numpy() > hi) & (p_adj < 0.05),
+                "n_images": n_img.astype(np.int64), "n_permutations": 1000,
+            }))  # fmt: skip
+            wide = rpc.pivot_table(index="class_id", columns="city", values="rpc")
+            others = []
+            for city, cls in zip(rpc["city"], rpc["class_id"], strict=True):
+                rest = wide.loc[cls].drop(labels=[city]).dropna()
+                others.append(float(rest.mean()) if len(rest) else 0.0)
+            diff = rpc["rpc"].to_numpy() - np.asarray(others)
+            dsd = sd * math.sqrt(2)
+            pd_ = _normal_sf(diff / dsd)
+            pd_adj = np.minimum(1.0, pd_ * n_obj)
+            contrasts.append(pd.DataFrame({
+                "model_id": model_id, "city": rpc["city"].to_numpy(),
+                "object": rpc["object"].to_numpy(), "class_id": rpc["class_id"].to_numpy(),
+                "threshold": t, "rpc_city": rpc["rpc"].to_numpy(), "rpc_others": others,
+                "difference": diff, "diff_lo": diff - 1.96 * dsd, "diff_hi": diff + 1.96 * dsd,
+                "p_value": pd_, "p_adjusted": pd_adj,
+                "distinguishes": (diff - 1.96 * dsd > 0) & (pd_adj < 0.05),
+            }))  # fmt: skip
+    return pd.concat(nulls, ignore_index=True), pd.concat(contrasts, ignore_index=True)
 
 
 def _write_sheets(store: CacheStore, kind: str, tiles: np.ndarray, n_test: int, n_pool: int):

@@ -7,7 +7,8 @@ Layout (``FORMAT_VERSION`` 2; paths relative to the cache root)::
                                their identities), models, segmenter, thumbnail layout, progress
     .cityviz.lock              held by the precompute writing the cache (see CacheStore.lock)
     images.parquet             image_id, path, city, city_idx, spot, split, split_row, row
-                               (row = index into the test arrays below, -1 outside the test split)
+                               (row = index into the test arrays below, -1 outside the test split),
+                               lat, lon (float64 degrees, NaN unknown), district (synthetic sets)
     inputs/<split>.npy         uint8 [N, S, S, 3]: every image decoded once at the input size
     models/<id>.safetensors    weights, and models/<id>.json: sidecar (arch, classes, accuracy…)
     predictions.parquet        model_id, image_id, row, target, pred, confidence, correct, p0…
@@ -15,10 +16,21 @@ Layout (``FORMAT_VERSION`` 2; paths relative to the cache root)::
     labels.npy, classes.json   label maps [N_test, S, S] and the segmenter's class names
     hist/<id>.parquet          image_id, class_id, n_pixels, h00..h19: mask-value histograms
     stats/rpc.parquet          R_p^c at the default threshold with bootstrap CIs (all models)
+    stats/rpc_null.parquet     R_p^c against its permutation null (masks shuffled within a
+                               city), p-values (BH), per model, city, object and grid threshold
+    stats/rpc_contrast.parquet R_p^c in a city minus in the other cities, bootstrap CI,
+                               permutation p-value (BH), per model, city, object, grid threshold
     stats/ar.parquet           model_a, model_b, image_id, ar (per image, every model pair)
     stats/ar_summary.parquet   Table 2: mean AR per pair with CIs; arch_vs_seed.json
     embed/<id>.parquet         image_id, row, tsne_x, tsne_y, umap_x, umap_y, cluster, …
     embed/<id>_<method>.npz    fitted embedder state (plain arrays) to place new images
+    trust/mprt.parquet         model-parameter randomisation: per model, method and step, the
+                               masks' Spearman and SSIM to the original (median, IQR)
+    trust/other_city.parquet   predicted vs runner-up city masks: mean AR (CI), median Spearman
+    trust/curves.parquet       deletion/insertion curves (mask and random order), mean prob
+    trust/auc.parquet          their areas per model, method, city (and "all"), bootstrap CIs
+    trust/removal.parquet      object removal by inpainting vs an equal-area random region
+    trust/verdict.json         per model: pass | warn | fail, a sentence, each check and its rule
     thumbs/<kind>/<k>.jpg      sprite sheets; kind = orig | <id>/overlay | <id>/expl
 
 Every file is written to a temporary name and renamed into place, so a crash never leaves a
@@ -75,6 +87,7 @@ _STAGE_OF = {
     "hist": "stats",
     "stats": "stats",
     "embed": "embed",
+    "trust": "trust",
     "thumbs": "thumbs",
     "ood": "cams",
 }
@@ -85,10 +98,53 @@ REQUIRED_COLUMNS = {
     "predictions.parquet": ("model_id", "image_id", "row", "target", "pred", "confidence"),
     "hist": ("image_id", "class_id", "n_pixels"),
     "stats/rpc.parquet": ("model_id", "city", "class_id", "object", "rpc"),
+    "stats/rpc_null.parquet": (
+        "model_id",
+        "city",
+        "object",
+        "class_id",
+        "threshold",
+        "rpc",
+        "null_mean",
+        "null_lo",
+        "null_hi",
+        "p_value",
+        "p_adjusted",
+        "above_null",
+        "n_images",
+        "n_permutations",
+    ),
+    "stats/rpc_contrast.parquet": (
+        "model_id",
+        "city",
+        "object",
+        "class_id",
+        "threshold",
+        "rpc_city",
+        "rpc_others",
+        "difference",
+        "diff_lo",
+        "diff_hi",
+        "p_value",
+        "p_adjusted",
+        "distinguishes",
+    ),
     "stats/ar.parquet": ("model_a", "model_b", "image_id", "ar"),
     "stats/ar_summary.parquet": ("model_a", "model_b"),
     "embed": ("image_id", "row", "cluster"),
-}
+    # trust/*.parquet (precompute/trust.py; the contract the Trust page reads)
+    "trust/mprt.parquet": ("model_id", "method", "step", "layer", "spearman", "spearman_lo",
+                           "spearman_hi", "ssim", "ssim_lo", "ssim_hi", "n_images"),
+    "trust/other_city.parquet": ("model_id", "method", "ar", "ar_lo", "ar_hi", "spearman",
+                                 "n_images"),
+    "trust/curves.parquet": ("model_id", "method", "curve", "order", "fraction", "prob"),
+    "trust/auc.parquet": ("model_id", "method", "city", "curve", "order", "auc", "auc_lo",
+                          "auc_hi", "n_images"),
+    "trust/removal.parquet": ("model_id", "city", "object", "class_id", "n_images", "area",
+                              "acc_before", "acc_after", "acc_random", "prob_before",
+                              "prob_after", "prob_random", "drop", "drop_random", "drop_lo",
+                              "drop_hi", "causal"),
+}  # fmt: skip
 
 
 def stage_of(rel: str) -> str:
@@ -667,7 +723,13 @@ class Cache:
         return sum(int(c.get("test", 0)) for c in counts.values() if isinstance(c, dict))
 
     def images(self) -> pd.DataFrame:
-        return read_table(self.root, "images.parquet")
+        """``images.parquet``; ``lat``/``lon`` (float64 degrees, NaN where unknown) are added
+        as NaN columns for caches written before coordinates were stored."""
+        df = read_table(self.root, "images.parquet")
+        for col in ("lat", "lon"):
+            if col not in df.columns:
+                df[col] = np.nan
+        return df
 
     def test_images(self) -> pd.DataFrame:
         df = self.images()
@@ -714,8 +776,30 @@ class Cache:
     def rpc(self) -> pd.DataFrame:
         return read_table(self.root, "stats/rpc.parquet")
 
+    def rpc_null(self) -> pd.DataFrame:
+        """``stats/rpc_null.parquet``: R_p^c against its permutation null, one row per model,
+        city, object and threshold ``k / n_bins`` (k >= 1); columns and rules in
+        :mod:`cityviz.trust.nulls`. CacheMissing for a cache built before the trust checks."""
+        return read_table(self.root, "stats/rpc_null.parquet")
+
+    def rpc_contrast(self) -> pd.DataFrame:
+        """``stats/rpc_contrast.parquet``: R_p^c in each city against the other cities, one row
+        per model, city, object and grid threshold (:mod:`cityviz.trust.nulls`)."""
+        return read_table(self.root, "stats/rpc_contrast.parquet")
+
     def ar(self) -> pd.DataFrame:
         return read_table(self.root, "stats/ar.parquet")
+
+    def trust_table(self, name: str) -> pd.DataFrame:
+        """``trust/<name>.parquet`` (``mprt``, ``other_city``, ``curves``, ``auc``, ``removal``;
+        columns in :data:`REQUIRED_COLUMNS`, written by ``precompute/trust.py``), or
+        :class:`CacheError` (:class:`CacheMissing` before the trust stage ran)."""
+        return read_table(self.root, f"trust/{name}.parquet")
+
+    def trust_verdict(self) -> dict[str, Any]:
+        """``trust/verdict.json``: per model id ``{"method", "verdict", "sentence", "checks"}``
+        (:mod:`cityviz.trust.verdict`), or :class:`CacheError`."""
+        return read_json(self.root, "trust/verdict.json", dict)
 
     def ar_summary(self) -> pd.DataFrame:
         return read_table(self.root, "stats/ar_summary.parquet")

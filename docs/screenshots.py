@@ -72,6 +72,10 @@ def main() -> None:
                 page.goto(url + path)
                 wait_idle(page)
                 screenshot(page, name)
+            page.goto(url + "/trust")
+            wait_idle(page)
+            page.get_by_text("Object removal").first.wait_for()  # the last part drawn
+            screenshot(page, "trust")
             page.goto(url + "/map")
             wait_idle(page)
             map_frame(page)
@@ -94,7 +98,9 @@ def main() -> None:
     finally:
         stop_server(proc)
     OUT.mkdir(parents=True, exist_ok=True)
-    for name in ("overview", "objects", "compare", "map", "map-hover", "map-atlas", "live-upload"):
+    names = ("overview", "objects", "compare", "trust", "map", "map-hover", "map-atlas",
+             "live-upload")  # fmt: skip
+    for name in names:
         shutil.copy(SCREENSHOTS / f"{name}.png", OUT / f"{name}.png")
         print(OUT / f"{name}.png")
 

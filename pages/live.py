@@ -18,6 +18,8 @@ from cityviz import cam, ood, segment
 from cityviz.data.images import ImageDecodeError, decode_image, resize_center_crop
 from cityviz.models.checkpoint import load_checkpoint
 from cityviz.store import (
+    THUMB_SIZE,
+    THUMBS_PER_ROW,
     Cache,
     CacheError,
     damaged,
@@ -26,9 +28,11 @@ from cityviz.store import (
     read_arrays,
     thumb_location,
 )
+from cityviz.thumbs import crop_tiles
 from cityviz.ui import compare as uc
 from cityviz.ui import figures
 from cityviz.ui import live as ul
+from cityviz.ui import trust as ut
 from cityviz.ui.safe_text import md_escape
 from pages.common import cache_mtime, current_cache, model_labels, section
 
@@ -124,6 +128,15 @@ def _embedder(root: str, mtime: float, model_id: str, method: str):
     return Cache(root).embedder(model_id, method)
 
 
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _map_canvas(root: str, mtime: float, model_id: str, method: str) -> ul.MapCanvas:
+    """The model's map drawn once for all sessions (read-only: each upload draws on a copy)."""
+    points = _embedding(root, mtime, model_id)
+    city = points["city"].fillna("?").astype(str)
+    xy = points[[f"{method}_x", f"{method}_y"]].to_numpy()
+    return ul.MapCanvas.draw(xy, city.tolist(), figures.city_colors(sorted(set(city))))
+
+
 def _weights_file(entry: dict) -> str:
     return f"{entry.get('checkpoint', 'models/' + str(entry['model_id']))}.safetensors"
 
@@ -142,6 +155,21 @@ def _tile(cache: Cache, kind: str, row: int) -> np.ndarray | None:
             rel = str(sheet.relative_to(cache.root))
             raise damaged(cache.root, rel, "cannot be read as a JPEG sprite sheet")
     return tile
+
+
+def _tiles(cache: Cache, kind: str, rows: list[int]) -> list[np.ndarray | None]:
+    """Sprite-sheet tiles of ``rows``, decoding each sheet once (not once per tile); when a
+    sheet is missing or damaged, tile by tile, so :func:`_tile` names the file."""
+    layout = cache.thumbs or {}
+    if kind in layout.get("kinds", []):
+        size = int(layout.get("size", THUMB_SIZE))
+        per_row = int(layout.get("per_row", THUMBS_PER_ROW))
+        try:
+            return list(crop_tiles(lambda sheet: cache.thumb_sheet(kind, sheet), rows, size,
+                                   per_row))  # fmt: skip
+        except (OSError, ValueError):
+            log.info("sprite sheets of %s: reading tile by tile", kind, exc_info=True)
+    return [_tile(cache, kind, row) for row in rows]
 
 
 def _pick_photo(cache: Cache) -> tuple[ul.Upload | None, int | None]:
@@ -230,7 +258,8 @@ def _model_card(cache, result: ul.ModelResult, crop, threshold, display, seg) ->
         c1, c2, c3 = st.columns([5, 3, 3])
         classes = [str(c) for c in _explainer(str(cache.root), cache_mtime(cache),
                                               result.model_id)[1]["classes"]]  # fmt: skip
-        c1.plotly_chart(figures.prob_bars(result.probs, classes), width="stretch")
+        for value, label in ul.probability_rows(result.probs, classes):
+            c1.progress(value, text=label)
         over, expl = ul.views(crop, result.mask, threshold)
         c2.image(over, caption="Grad-CAM overlay", width="stretch")
         c3.image(expl, caption=f"Visual explanation (mask ≥ {threshold:.2f})", width="stretch")
@@ -242,6 +271,36 @@ def _model_card(cache, result: ul.ModelResult, crop, threshold, display, seg) ->
                 pairs = zip(parts["object"], parts["share"], strict=True)
                 text = ", ".join(f"{md_escape(o)} {s:.0%}" for o, s in pairs)
                 st.caption(f"The explanation is made of: {text}")
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=3600)
+def _deletion(
+    root: str, mtime: float, model_id: str, method: str, digest: str, _image, _result
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One model's deletion curve for a photo (cached by the photo's digest and the method)."""
+    explainer, meta = _explainer(root, mtime, model_id)
+    return ul.deletion(explainer, _image, int(meta["input_size"]), _result.mask, _result.pred)
+
+
+def _deletion_section(cache: Cache, photo: ul.Upload, results, method: str, display) -> None:
+    """Each model's deletion curve for the photo, in an expander computed only when open."""
+    box = st.expander(
+        "Deletion curves: does each explanation point at the pixels the model needs?",
+        key="live_deletion_open",
+        on_change="rerun",
+    )
+    with box, section("The deletion curves"):
+        if not box.open:  # about 21 forward passes per model: only when asked for
+            return
+        root, mtime = str(cache.root), cache_mtime(cache)
+        curves = []
+        with st.spinner("Removing pixels in the order of each explanation…"):
+            for r in results:
+                x, y, area = _deletion(root, mtime, r.model_id, method, photo.digest,
+                                       photo.image, r)  # fmt: skip
+                curves.append((r.model_id, x, y, area))
+        st.plotly_chart(ut.live_deletion_figure(curves, display), width="stretch")
+        st.caption(ut.LIVE_DELETION_GUIDE)
 
 
 def _map_section(cache: Cache, results: list[ul.ModelResult], display: dict[str, str]) -> None:
@@ -272,8 +331,13 @@ def _map_section(cache: Cache, results: list[ul.ModelResult], display: dict[str,
         embedder = _embedder(root, mtime, model_id, method)
         points = _embedding(root, mtime, model_id)
         xy, near = ul.place_on_map(embedder, result.mask, NEIGHBOURS)
-        fig = figures.placement_map(points, f"{method}_x", f"{method}_y", tuple(xy), near.tolist())
-        st.plotly_chart(fig, width="stretch")
+        canvas = _map_canvas(root, mtime, model_id, method)
+        near_xy = points.loc[points["row"].isin(near.tolist()), [f"{method}_x", f"{method}_y"]]
+        st.image(
+            canvas.place(xy, near_xy.to_numpy()),
+            caption=f"★ your photo on the {names.get(method, method)} map; ○ its {len(near)} "
+            "nearest test images; dots: the test images, coloured by city (legend below the map)",
+        )
         with section("The nearest test images"):
             _neighbours(cache, model_id, near)
 
@@ -281,7 +345,7 @@ def _map_section(cache: Cache, results: list[ul.ModelResult], display: dict[str,
 def _neighbours(cache: Cache, model_id: str, near: np.ndarray) -> None:
     st.caption("Nearest test images (most similar Grad-CAM masks), with their explanations:")
     test = _test_images(str(cache.root), cache_mtime(cache)).set_index("row")
-    tiles = [_tile(cache, f"{model_id}/overlay", int(row)) for row in near.tolist()]
+    tiles = _tiles(cache, f"{model_id}/overlay", [int(row) for row in near.tolist()])
     cols = st.columns(len(near))
     for col, row, tile in zip(cols, near.tolist(), tiles, strict=True):
         with col:
@@ -291,12 +355,13 @@ def _neighbours(cache: Cache, model_id: str, near: np.ndarray) -> None:
             st.caption(f"test image {row} · {md_escape(city)}")
 
 
-def _analyse(cache: Cache, photo: ul.Upload, row: int | None, models, method, threshold):
+def _analyse(cache: Cache, photo: ul.Upload, row: int | None, models, method, threshold,
+             times: ul.RunTimes):  # fmt: skip
     root, mtime = str(cache.root), cache_mtime(cache)
     display = model_labels(cache)
     crop = resize_center_crop(photo.image, cache.image_size)
     results: list[ul.ModelResult] = []
-    with st.spinner("Running the models…"):
+    with times.step("models"), st.spinner("Running the models…"):
         for model_id in models:
             try:
                 results.append(_predict(root, mtime, model_id, method, photo.digest, photo.image))
@@ -315,18 +380,22 @@ def _analyse(cache: Cache, photo: ul.Upload, row: int | None, models, method, th
     left, right = st.columns([1, 3])
     left.image(crop, caption="What the models see (resized, centre-cropped)", width="stretch")
     seg = None
-    with right, section("The segmentation"):
+    with right, section("The segmentation"), times.step("segmentation"):
         seg = _segmentation(cache, crop, row)
         if seg is not None:
             labels, names = seg
             st.image(ul.colorize_labels(labels, len(names)), caption="Segmentation", width=220)
     for result in results:
-        with section(f"Model {display.get(result.model_id, result.model_id)}"):
+        with section(f"Model {display.get(result.model_id, result.model_id)}"), times.step("cards"):
             _model_card(cache, result, crop, threshold, display, seg)
-    _map_section(cache, results, display)
+    with times.step("deletion"):
+        _deletion_section(cache, photo, results, method, display)
+    with times.step("map"):
+        _map_section(cache, results, display)
 
 
 def main() -> None:
+    times = ul.RunTimes()
     cache = current_cache()
     st.title("Live Grad-CAM")
     st.caption(
@@ -385,10 +454,11 @@ def main() -> None:
         st.info("Pick at least one model.")
         return
     try:
-        _analyse(cache, photo, row, chosen, method, threshold)
+        _analyse(cache, photo, row, chosen, method, threshold, times)
     except Exception:
         log.exception("live Grad-CAM failed")
         st.error(ul.UNEXPECTED_MESSAGE)
+    times.write(photo.digest)
 
 
 main()

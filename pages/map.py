@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from cityviz import stats
 from cityviz import thumbs as thumb_lib
 from cityviz.segment import NO_SEGMENTER_MESSAGE
 from cityviz.store import Cache, CacheError, thumb_location
@@ -36,6 +37,34 @@ def _frame(root: str, mtime: float, model_id: str) -> pd.DataFrame:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _hist(root: str, mtime: float, model_id: str) -> pd.DataFrame:
     return Cache(root).hist(model_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _lift(root: str, mtime: float, model_id: str) -> pd.DataFrame | None:
+    """The lift table of this model's clusters (:func:`cityviz.stats.cluster_lift`), or None
+    when the cache has no object statistics."""
+    cache = Cache(root)
+    names = cache.class_names()
+    if (
+        not cache.has_labels
+        or names is None
+        or not (cache.root / f"hist/{model_id}.parquet").exists()
+    ):
+        return None
+    emb = cache.embedding(model_id)
+    cluster_of = pd.Series(emb["cluster"].to_numpy(), index=emb["image_id"].to_numpy())
+    threshold = float(cache.manifest.get("config", {}).get("threshold", 0.5))
+    return stats.cluster_lift(_hist(root, mtime, model_id), cluster_of, threshold, names)
+
+
+def _named(cache: Cache, mtime: float, model_id: str, frame: pd.DataFrame):
+    """The map's table with clusters named by lift, and the labels' hover lines (None when the
+    cache has no object statistics: the names stored by the embed stage stay)."""
+    lift = _lift(str(cache.root), mtime, model_id)
+    if lift is None or lift.empty:
+        return frame, None
+    labels = stats.lift_labels(lift)
+    return um.with_cluster_labels(frame, labels.to_dict()), um.lift_hover(lift)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -111,6 +140,8 @@ def _selection(
     st.subheader(f"Selection: {summary['n']} images")
     cities = ", ".join(f"{md_escape(c)} {n}" for c, n in summary["cities"].items())
     st.caption(f"Accuracy {summary['accuracy']:.0%} · true cities: {cities}")
+    with section("The exports of the selection"):
+        _exports(cache, mtime, model_id, frame, rows)
     left, right = st.columns([3, 2], gap="large")
     with left, st.container(key="map-gallery"), section("The gallery of the selection"):
         label = st.segmented_control(
@@ -175,6 +206,55 @@ def _selection(
         )
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def _test_paths(root: str, mtime: float) -> pd.DataFrame:
+    return Cache(root).test_images()[["row", "path"]]
+
+
+def _exports(
+    cache: Cache, mtime: float, model_id: str, frame: pd.DataFrame, rows: np.ndarray
+) -> None:
+    """The selection as CSV and its explanation thumbnails as a ZIP of PNGs (built on click)."""
+    root = str(cache.root)
+    table = um.selection_table(frame, rows, _test_paths(root, mtime))
+    bar = st.container(horizontal=True, key="map-exports")
+    bar.download_button(
+        "Selection as CSV",
+        lambda: um.selection_csv(table),
+        file_name=f"selection-{model_id}.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        on_click="ignore",
+        key="map_export_csv",
+    )
+    kind = f"{model_id}/expl"
+    if not cache.thumbs or kind not in cache.thumbs.get("kinds", []):
+        bar.caption("No explanation thumbnails in this cache (the `thumbs` stage) to export.")
+        return
+    ids = table["image_id"].tolist()[: um.ZIP_MAX_IMAGES]
+    picked = [int(r) for r in table["test_row"].tolist()[: um.ZIP_MAX_IMAGES]]
+    per_row = int(cache.thumbs["per_row"])
+    size = int(cache.thumbs["size"])
+
+    def build() -> bytes:
+        tiles = thumb_lib.crop_tiles(
+            lambda s: cache.thumb_sheet(kind, s), picked, size=size, per_row=per_row
+        )
+        return um.thumbs_zip(tiles, picked, ids)
+
+    bar.download_button(
+        "Explanations as ZIP",
+        build,
+        file_name=f"explanations-{model_id}.zip",
+        mime="application/zip",
+        icon=":material/folder_zip:",
+        on_click="ignore",
+        key="map_export_zip",
+    )
+    if len(table) > um.ZIP_MAX_IMAGES:
+        bar.caption(f"The ZIP holds the first {um.ZIP_MAX_IMAGES:,} images of the selection.")
+
+
 def main() -> None:
     st.title("Explanation map")
     cache = current_cache()
@@ -195,6 +275,9 @@ def main() -> None:
 
 def _map(cache: Cache, mtime: float, labels: dict[str, str], bar, model_id: str) -> None:
     frame = _frame(str(cache.root), mtime, model_id)
+    hover = None
+    with section("The cluster names"):
+        frame, hover = _named(cache, mtime, model_id, frame)
     methods = um.available_methods(frame)
     if not methods:
         st.info("No map for this model yet: run the `embed` stage of precompute.")
@@ -236,7 +319,7 @@ def _map(cache: Cache, mtime: float, labels: dict[str, str], bar, model_id: str)
         cache.cities,
         view_key=view_key,
         thumbs=thumbs,
-        labels=um.cluster_annotations(frame, method) if show_labels else [],
+        labels=um.cluster_annotations(frame, method, hover) if show_labels else [],
         atlas=atlas,
         height=MAP_HEIGHT,
         dragmode=DRAG_MODES[drag],

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from cityviz import stats
 from cityviz.segment import NO_SEGMENTER_MESSAGE
 from cityviz.store import Cache
 from cityviz.ui import compare as uc
 from cityviz.ui import figures
+from cityviz.ui import gallery as ug
 from cityviz.ui import objects as uo
+from cityviz.ui import trust as ut
 from cityviz.ui.safe_text import md_escape
 from pages.common import current_cache, guard, model_labels, section
 
@@ -61,6 +65,19 @@ class Chart:
     objects_of: dict[str, list[str]]
     drill_objects: dict[str, list[str]]
     figure: go.Figure
+    marks: pd.DataFrame | None = None
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _trust_tables(root: str, mtime: float):
+    """``(rpc_null, rpc_contrast, removal)`` for the badges, each None when its stage has not
+    written it; CacheError (naming the file) when one is damaged."""
+    cache = Cache(root)
+    files = (ut.NULL_FILE, ut.CONTRAST_FILE, "trust/removal.parquet")
+    readers = (ut.read_rpc_null, ut.read_rpc_contrast,
+               lambda c: ut.read_trust_table(c, "removal"))  # fmt: skip
+    return tuple(r(cache) if (cache.root / f).exists() else None
+                 for f, r in zip(files, readers, strict=True))  # fmt: skip
 
 
 @st.cache_resource(show_spinner=False, max_entries=CHARTS)
@@ -74,6 +91,7 @@ def _chart(
     top: int,
     lift: bool,
     display: tuple[tuple[str, str], ...],
+    trusted: bool = False,
 ) -> Chart:
     """The chart for one setting, built once: moving the slider back to a threshold already
     shown (or another session showing it) reuses it instead of rebuilding table and figure."""
@@ -84,7 +102,12 @@ def _chart(
     fig = figures.rpc_bars(
         valued, objects_of, list(chosen), dict(display), "lift over average" if lift else "R_p^c"
     )
-    return Chart(table, objects_of, uo.chart_objects(valued), fig)
+    marks = None
+    if trusted:  # badges: above the permutation null, distinguishes the city, causal
+        marks = ut.badges(*_trust_tables(root, mtime), threshold)
+        table = ut.badge_table(table, marks)
+        fig = ut.mark_bars(fig, marks)
+    return Chart(table, objects_of, uo.chart_objects(valued), fig, marks)
 
 
 @st.cache_resource(show_spinner="Indexing this model's images…", max_entries=4)
@@ -164,6 +187,8 @@ def _drill_down(cache: Cache, table, threshold: float, cities, objects_of, displ
         return
     obj = c2.selectbox("Object", options, key="drill_object")
     model_id = c3.selectbox("Model", models, format_func=display.get, key="drill_model")
+    with contextlib.suppress(StreamlitAPIException):  # no navigation when the page runs alone
+        st.page_link(**ug.link_args(city, obj, model_id))
     row = table[(table["city"] == city) & (table["object"] == obj)]
     class_id = int(row["class_id"].iloc[0])
     test = _test_images(str(cache.root), _mtime(cache))
@@ -267,9 +292,13 @@ def _statistics(cache: Cache) -> None:
         st.info("Pick at least one model.")
         return
 
+    trust_tables, trusted = None, False
+    with section("The trust badges"):
+        trust_tables = _trust_tables(str(cache.root), _mtime(cache))
+        trusted = any(t is not None for t in trust_tables)
     chart = _chart(
         str(cache.root), _mtime(cache), n_boot, tuple(chosen), threshold, float(min_pixels),
-        int(top), bool(lift), tuple(display.items()),
+        int(top), bool(lift), tuple(display.items()), trusted,
     )  # fmt: skip
     table = chart.table
     if not any(chart.objects_of.values()):
@@ -278,6 +307,14 @@ def _statistics(cache: Cache) -> None:
     event = st.plotly_chart(
         chart.figure, key="rpc_chart", on_select="rerun", selection_mode="points", width="stretch"
     )
+    if trusted:
+        st.caption(
+            ut.BADGE_LEGEND + ". Faded, hatched bars lie within their null; hover a bar for its "
+            "badges, or open the table. The Trust page has the details."
+        )
+        note = ut.threshold_note(trust_tables[0], threshold)
+        if note:
+            st.caption(note)
 
     table_box = st.expander(
         "Table and CSV download", key="objects_table_open", on_change="rerun"

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
-from cityviz import cam
+from cityviz import cam, stats
 from cityviz.store import Cache
+from cityviz.ui import gallery as ug
 from cityviz.ui import overview as uo
+from cityviz.ui import trust as ut
 from cityviz.ui.compare import claim_sentence, fmt_num
 from cityviz.ui.safe_text import md_escape
-from pages.common import cache_mtime, current_cache, guard, json_object, section
+from pages.common import cache_mtime, current_cache, guard, json_object, model_labels, section
 
 HOW_TO_READ = """
 A neural network was trained to tell the cities apart from street photos alone. For every test
@@ -94,23 +99,93 @@ def _open_cache(cache: Cache) -> None:
         )
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def _trust_tables(root: str, mtime: float):
+    """``(rpc_null, rpc_contrast, removal)``, each None before its stage wrote it; CacheError
+    (naming the file) when one is damaged."""
+    cache = Cache(root)
+    files = (ut.NULL_FILE, ut.CONTRAST_FILE, "trust/removal.parquet")
+    readers = (ut.read_rpc_null, ut.read_rpc_contrast,
+               lambda c: ut.read_trust_table(c, "removal"))  # fmt: skip
+    return tuple(r(cache) if (cache.root / f).exists() else None
+                 for f, r in zip(files, readers, strict=True))  # fmt: skip
+
+
+def _evidence_findings(cache: Cache, mtime: float) -> pd.DataFrame | None:
+    """The headline findings ranked by evidence that an object distinguishes its city (R_p^c
+    above its permutation null and above the other cities'), with the object-removal badge.
+
+    Returns the badges per model, city and object (:func:`cityviz.ui.trust.badges`) at the
+    cache's threshold, or None (nothing shown) when the cache has no permutation null or
+    contrast yet."""
+    null, contrast, removal = _trust_tables(str(cache.root), mtime)
+    if null is None or contrast is None:
+        return None
+    config = cache.manifest.get("config", {})
+    n_bins = int(config.get("n_bins", stats.N_BINS))
+    threshold = stats.threshold_bin(float(config.get("threshold", 0.5)), n_bins) / n_bins
+    head = uo.headline_findings(null, contrast, threshold)
+    planted = cache.manifest.get("dataset", {}).get("discriminative")
+    planted = planted if isinstance(planted, dict) else None
+    display = model_labels(cache)
+    cities = cache.cities
+    for city, sentence in zip(cities, uo.evidence_findings(head, cities, planted, display),
+                              strict=True):  # fmt: skip
+        badge = f"{ut.ABOVE}{ut.DISTINGUISHES} " if (head["city"] == city).any() else ""
+        st.markdown(f"- {badge}{sentence}")
+    for sentence in ut.causal_notes(head, removal):
+        st.markdown(f"- {sentence}")
+    st.caption(
+        f"{ut.ABOVE}{ut.DISTINGUISHES}: R_p^c above its permutation null (masks shuffled among "
+        "the city's photos) and above the object's R_p^c in the other cities, both at p < 0.05 "
+        "after correcting for the number of objects, at the explanation threshold "
+        f"{threshold:g}. {ut.CAUSAL}: painting the object out drops the city's accuracy more "
+        "than painting out a random region of the same area. An object every city's masks "
+        "cover is where the networks look, not what tells the cities apart, and is left out. "
+        "Details on the Objects and Trust pages."
+    )
+    return ut.badges(null, contrast, removal, threshold)
+
+
+def _gallery_links(top: pd.DataFrame) -> None:
+    """One click to the gallery of each city's most discriminative object (issue 13 §3)."""
+    row = st.container(horizontal=True, key="overview-gallery-links")
+    for r in top[top["rank"] == 1].itertuples():
+        with contextlib.suppress(StreamlitAPIException):  # no navigation when run alone
+            row.page_link(**ug.link_args(str(r.city), str(r.object)))
+
+
 def _findings(cache: Cache, mtime: float) -> None:
     st.subheader("Headline findings")
     left, right = st.columns(2, gap="large")
     with left, section("The object statistics"):
         st.markdown("**What each city is recognised by**")
+        marks = None
+        with section("The permutation null and city contrast"):
+            marks = _evidence_findings(cache, mtime)  # ranked by evidence, when checked
+        shown = marks is not None
         rpc = _rpc(str(cache.root), mtime)
-        if rpc is None or rpc.empty:
+        if shown and rpc is not None and not rpc.empty:
+            st.markdown("**Where the networks look most**")
+            planted = cache.manifest.get("dataset", {}).get("discriminative")
+            planted = planted if isinstance(planted, dict) else None
+            top = uo.top_objects(rpc, n=3)
+            for sentence in ut.badged_findings(top, ut.object_marks(marks), planted):
+                st.markdown(f"- {sentence}")
+            _gallery_links(top)
+            st.caption(ut.BADGE_LEGEND + ".")
+        elif not shown and (rpc is None or rpc.empty):
             st.info(
                 "No object statistics in this cache (they need a segmenter and the `stats` "
                 "stage of precompute)."
             )
-        else:
+        elif not shown:
             top = uo.top_objects(rpc, n=3)
             planted = cache.manifest.get("dataset", {}).get("discriminative")
             planted = planted if isinstance(planted, dict) else None
             for sentence in uo.findings(top, planted):
                 st.markdown(f"- {sentence}")
+            _gallery_links(top)
             if planted:
                 ok = uo.planted_recovered(top, planted)
                 found = sum(ok.values())
@@ -121,7 +196,11 @@ def _findings(cache: Cache, mtime: float) -> None:
             st.caption(
                 "R_p^c averaged over all models; objects averaging under "
                 f"{float(cache.manifest.get('config', {}).get('min_pixels', 100)):g} pixels per "
-                "image are left out. Details on the Objects page."
+                "image are left out. Details on the Objects page. Not yet checked against "
+                "chance: a high R_p^c may be where masks usually sit, not what tells the city "
+                "apart; "
+                + md_escape(f"python -m precompute --cache {cache.root} --stages stats,trust")
+                + " adds the checks (the Trust page)."
             )
     with right, section("The model agreement summary"):
         st.markdown("**Architecture vs. initialisation**")

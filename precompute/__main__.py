@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib.util
 import logging
 import os
 import signal
@@ -34,6 +35,21 @@ def _sizes(s: str) -> dict[str, int]:
             raise argparse.ArgumentTypeError(f"expected ARCH=PIXELS (16 or more), got {item!r}")
         out[arch.strip()] = int(size)
     return out
+
+
+def _split(s: str) -> tuple[float, float, float]:
+    """``6:2:2`` → ``(0.6, 0.2, 0.2)``: train/val/test shares of each city's spots."""
+    parts = s.split(":")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or min(values) < 0 or values[0] <= 0 or values[2] <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected TRAIN:VAL:TEST shares with train and test above 0, e.g. 6:2:2; got {s!r}"
+        )
+    total = sum(values)
+    return (values[0] / total, values[1] / total, values[2] / total)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,6 +89,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="check everything and print the time estimate, then stop before any training",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="who runs the per-image stages (cams, segment): this process, or Ray actors "
+        "(pip install -r requirements-scale.txt)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="join a running Ray cluster (default: start a local one on this machine)",
+    )
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train each model with N processes (DistributedDataParallel: gloo on CPU, one GPU "
+        "each with NCCL on CUDA); the global batch stays --batch-size",
+    )
     p.add_argument("--cities", type=_csv, help="synthetic city names (2-8), e.g. a,b,c")
     p.add_argument("--spots-per-city", type=int, help="synthetic spots per city")
     p.add_argument("--archs", type=_csv, help="e.g. simple,simpler,vgg11,resnet18")
@@ -105,6 +141,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, help="explanation threshold (default 0.5)")
     p.add_argument("--max-images-per-city", type=int)
     p.add_argument(
+        "--split",
+        type=_split,
+        metavar="TRAIN:VAL:TEST",
+        help="shares of each city's spots per split (default 6:2:2, the paper's)",
+    )
+    p.add_argument(
+        "--trust-sample",
+        type=int,
+        metavar="N",
+        help="test images for the randomisation, other-city and deletion checks (default 32)",
+    )
+    p.add_argument(
+        "--trust-removal-max",
+        type=int,
+        metavar="N",
+        help="test images per city and object for the object-removal check (default 32)",
+    )
+    p.add_argument(
         "--spot-radius",
         type=float,
         metavar="METRES",
@@ -133,7 +187,10 @@ _OVERRIDES = {
     "cam_method": "cam_method",
     "threshold": "threshold",
     "max_images_per_city": "max_images_per_city",
+    "trust_sample": "trust_sample",
+    "trust_removal_max": "trust_removal_max",
     "spot_radius": "spot_radius_m",
+    "split": "split_ratios",
     "cities": "synth_cities",
     "spots_per_city": "synth_spots_per_city",
 }
@@ -152,6 +209,12 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def build_config(args: argparse.Namespace, cuda: bool | None = None) -> RunConfig:
@@ -247,9 +310,11 @@ class _Run:
 
     def __call__(self) -> int:
         from cityviz.models.archs import WeightsUnavailable, list_archs
+        from cityviz.models.distributed import DistributedError
         from cityviz.models.train import resolve_device
         from cityviz.segment import SegmenterUnavailable
         from cityviz.store import CacheError
+        from precompute.executors import ExecutorUnavailable
 
         args, log = self.args, self.log
         unknown = [s for s in args.stages if s not in STAGES]
@@ -260,6 +325,16 @@ class _Run:
             device = resolve_device(args.device)
         except RuntimeError as exc:
             log.error("%s", exc)
+            return 2
+        if args.nproc_per_node < 1:
+            log.error("--nproc-per-node must be at least 1, got %d", args.nproc_per_node)
+            return 2
+        if device.type == "cuda" and args.nproc_per_node > _cuda_count():
+            log.error(
+                "--nproc-per-node %d on CUDA needs as many GPUs; this machine has %d.",
+                args.nproc_per_node,
+                _cuda_count(),
+            )
             return 2
         cfg, sources = build_config_with_sources(args, cuda=device.type == "cuda")
         bad = sorted((set(cfg.input_sizes) | set(cfg.archs)) - set(list_archs()))
@@ -278,7 +353,7 @@ class _Run:
             )
         try:
             return self._run(cfg, sources, device)
-        except (CacheError, NotADirectoryError) as exc:
+        except (CacheError, NotADirectoryError, DistributedError, ExecutorUnavailable) as exc:
             log.error("%s", exc)
             return 2
         except (SegmenterUnavailable, WeightsUnavailable, FileNotFoundError, ValueError) as exc:
@@ -322,6 +397,7 @@ class _Run:
     def _run(self, cfg: RunConfig, sources: dict[str, str], device) -> int:
         from cityviz.store import Cache, CacheStore, check_cache_dir
         from precompute import preflight
+        from precompute.executors import ExecutorUnavailable, make_executor
         from precompute.identity import Identities
         from precompute.stages import (
             Context,
@@ -333,6 +409,11 @@ class _Run:
         from precompute.summary import format_summary
 
         args, log = self.args, self.log
+        if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+            raise ExecutorUnavailable(
+                "--executor ray needs Ray, which is not installed: "
+                "pip install -r requirements-scale.txt"
+            )
         check_cache_dir(self.cache_dir)
         preflight.check_writable(self.cache_dir)
         preflight.check_pretrained(cfg)
@@ -357,7 +438,8 @@ class _Run:
             self._estimate(cfg, dataset, device, order, todo)
             print("Dry run: every check passed; nothing was written or trained.")
             return 0
-        with store.lock():
+        executor = make_executor(args.executor, args.ray_address, progress=progress)
+        with contextlib.closing(executor), store.lock():
             self.store = store
             if args.fresh:
                 kept = store.clear()
@@ -376,7 +458,15 @@ class _Run:
                     ", ".join(changed),
                 )
             store.manifest["config_sources"] = sources
-            ctx = Context(cfg=cfg, store=store, dataset=dataset, device=device, progress=progress)
+            ctx = Context(
+                cfg=cfg,
+                store=store,
+                dataset=dataset,
+                device=device,
+                progress=progress,
+                nproc=args.nproc_per_node,
+                executor=executor,
+            )
             ctx.segmenter, ctx.segmenter_checked = segmenter, checked
             ctx.timings["generate"] = data_seconds
             todo = [m for m in cfg.model_ids if not ctx.done("train", m)]

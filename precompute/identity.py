@@ -34,7 +34,15 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "train": ("epochs", "batch_size", "lr", "lr_step", "lr_gamma", "pretrained", "precision"),
     "cams": ("cam_method", "cam_target", "shard_size"),
     "segment": ("segmenter", "reduce_labels", "shard_size"),
-    "stats": ("threshold", "n_bins", "min_pixels", "bootstrap"),
+    "stats": (
+        "threshold",
+        "n_bins",
+        "min_pixels",
+        "bootstrap",
+        "n_permutations",
+        "null_images",
+    ),
+    "trust": ("trust_sample", "trust_steps", "trust_removal_max", "min_pixels", "bootstrap"),
     "embed": ("embed_methods", "embed_res", "n_pca", "n_clusters", "threshold", "n_bins"),
     "thumbs": ("threshold", "thumb_size"),
 }
@@ -92,6 +100,16 @@ class Identities:
     def segment(self) -> str:
         return self._cached(("segment", ""), lambda: digest([self.data(), self._keys("segment")]))
 
+    def trust_of(self, mid: str) -> str:
+        """One model's trust checks: its CAMs (and so its weights), the label maps (object
+        removal), the trust settings and the checks' code version."""
+        from cityviz.trust import TRUST_VERSION
+
+        return self._cached(
+            ("trust_of", mid),
+            lambda: digest([self.cams_of(mid), self.segment(), self._keys("trust"), TRUST_VERSION]),
+        )
+
     def embed_of(self, mid: str) -> str:
         """One model's maps: its CAMs, the label maps (cluster names) and the embedding settings."""
         return self._cached(
@@ -115,6 +133,8 @@ class Identities:
                 return self.segment()
             case "stats":
                 return digest([self.stage("cams"), self.segment(), self._keys("stats")])
+            case "trust":
+                return digest([self.trust_of(m) for m in mids])
             case "embed":
                 return digest([self.embed_of(m) for m in mids])
             case "thumbs":
@@ -123,13 +143,16 @@ class Identities:
 
     def unit(self, stage: str, unit: str) -> str:
         """The identity of one unit of work: ``train`` units are model ids, ``cams`` units
-        ``<model_id>:<shard>``, ``embed`` units model ids; other stages' units share the stage's."""
+        ``<model_id>:<shard>``, ``embed`` and ``trust`` units model ids; other stages' units share
+        the stage's."""
         if stage == "train":
             return self.model(unit)
         if stage == "cams":
             return self.cams_of(unit.rsplit(":", 1)[0])
         if stage == "embed":
             return self.embed_of(unit)
+        if stage == "trust":
+            return self.trust_of(unit)
         return self.stage(stage)
 
     @property

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -30,6 +31,7 @@ from cityviz.data import synth
 from cityviz.data.datasets import CityDataset, grouped_split, load_dataset, load_uint8_batch
 from cityviz.models.archs import get_arch
 from cityviz.models.checkpoint import load_checkpoint, save_checkpoint
+from cityviz.models.distributed import train_distributed
 from cityviz.models.train import confusion, predict, train_model
 from cityviz.segment import AnnotationSegmenter, Segmenter, segmenter_from_spec
 from cityviz.store import (
@@ -39,11 +41,15 @@ from cityviz.store import (
     inputs_rel,
     load_arrays,
     predictions_frame,
-    save_array,
     save_arrays,
+    save_table,
     thumb_sheet_rel,
 )
+from cityviz.trust import nulls
+from precompute import workers
+from precompute.executors import LocalExecutor, RayExecutor
 from precompute.identity import Identities, digest
+from precompute.trust import stage_trust
 
 log = logging.getLogger("precompute")
 SPLITS = ("train", "val", "test")
@@ -61,6 +67,10 @@ class Context:
     # the segmenter built (and so checked) before any training; None: build it in its stage
     segmenter: Segmenter | None = None
     segmenter_checked: bool = False
+    # processes per model in the train stage (cityviz.models.distributed); 1 = this process
+    nproc: int = 1
+    # who runs the per-image stages' units (precompute.executors)
+    executor: LocalExecutor | RayExecutor = field(default_factory=LocalExecutor)
 
     def __post_init__(self) -> None:
         if self.ids is None:
@@ -92,10 +102,22 @@ class Context:
             "train": n_models,
             "cams": n_models * (max(n_shards, 1) + 1),  # shards + the OOD reference
             "segment": max(n_shards, 1),
-            "stats": max(n_shards, 1),
+            # shards + one permutation-null unit per model (object statistics need labels)
+            "stats": max(n_shards, 1) + (n_models if self.cfg.segmenter != "none" else 0),
+            "trust": n_models,
             "embed": n_models,
             "thumbs": max(1, -(-n_shards * self.cfg.shard_size // THUMBS_PER_SHEET)),
         }.get(stage, 1)
+
+    def unit_finished(self, stage: str) -> Callable[[str], None]:
+        """The executor's callback for ``stage``: record a finished unit (and the kill tests'
+        delay)."""
+
+        def finished(unit: str) -> None:
+            self.mark(stage, unit)
+            _test_delay()
+
+        return finished
 
     def units_done(self, stage: str) -> int:
         units = self.store.stage(stage)["units"]
@@ -201,6 +223,10 @@ def dataset_info(cfg: RunConfig, ds: CityDataset) -> dict:
         "class_names": list(ds.class_names) if ds.class_names else None,
         "skipped": [list(s) for s in ds.skipped[:100]],
         "n_skipped": len(ds.skipped),
+        # where each photo's lat/lon came from (csv, name, exif, none), and unusable CSV values
+        "geo_sources": dict(getattr(ds, "geo_sources", {}) or {}),
+        "geo_warnings": [list(w) for w in (getattr(ds, "geo_warnings", None) or [])[:100]],
+        "n_geo_warnings": len(getattr(ds, "geo_warnings", None) or []),
     }
 
 
@@ -278,14 +304,7 @@ def stage_train(ctx: Context) -> None:
             mid = model_id(arch, seed)
             if ctx.done("train", mid) and mid in models:
                 continue
-            result = train_model(
-                arch,
-                seed,
-                ctx.inputs("train", size),
-                labels["train"],
-                ctx.inputs("val", size),
-                labels["val"],
-                len(cities),
+            settings = dict(
                 epochs=cfg.epochs,
                 batch_size=cfg.batch_size,
                 lr=cfg.lr,
@@ -296,6 +315,29 @@ def stage_train(ctx: Context) -> None:
                 device=ctx.device,
                 progress=ctx.progress,
             )
+            if ctx.nproc > 1:
+                result = train_distributed(
+                    ctx.nproc,
+                    arch,
+                    seed,
+                    store.path(inputs_rel("train", size, ctx.size)),
+                    labels["train"],
+                    store.path(inputs_rel("val", size, ctx.size)),
+                    labels["val"],
+                    len(cities),
+                    **settings,
+                )
+            else:
+                result = train_model(
+                    arch,
+                    seed,
+                    ctx.inputs("train", size),
+                    labels["train"],
+                    ctx.inputs("val", size),
+                    labels["val"],
+                    len(cities),
+                    **settings,
+                )
             acc, cms = {}, {}
             for split in SPLITS:
                 pred = predict(result.model, arch, ctx.inputs(split, size), ctx.device).argmax(1)
@@ -340,46 +382,36 @@ def stage_train(ctx: Context) -> None:
 
 
 def stage_cams(ctx: Context) -> None:
-    """Grad-CAM maps and predictions for every test image and model, shard by shard."""
+    """Grad-CAM maps and predictions for every test image and model, shard by shard (on
+    ``ctx.executor``: this process or a Ray cluster), then each model's OOD reference here."""
     cfg, store = ctx.cfg, ctx.store
     df = ctx.images()
     truth = df[df["row"] >= 0].sort_values("row")["city_idx"].to_numpy()
     shards = list(ctx.shards())
+    jobs = [
+        {
+            "unit": f"{m['model_id']}:{k}",
+            "model_id": m["model_id"],
+            "checkpoint": m["checkpoint"],
+            "start": sl.start,
+            "stop": sl.stop,
+            "out": str(store.part_path("cams", f"{m['model_id']}-{k:05d}", ".npz")),
+        }
+        for m in ctx.models()
+        for k, sl in shards
+        if not ctx.done("cams", f"{m['model_id']}:{k}")
+    ]
+    worker = {"root": str(store.root), "cfg": cfg, "device": str(ctx.device)}
+    ctx.executor.map(workers.CamWorker, worker, jobs, ctx.unit_finished("cams"), desc="cams")
     for m in ctx.models():
         mid = m["model_id"]
-        model, meta = load_checkpoint(store.path(m["checkpoint"]), ctx.device)
-        explainer = cam.Explainer(model, meta["arch"], ctx.device)
-        test = ctx.inputs("test", int(meta["input_size"]))
-        bar = ctx.bar(ctx.n_test(), f"cams {mid}")
-        for k, sl in shards:
-            unit = f"{mid}:{k}"
-            if not ctx.done("cams", unit):
-                parts_cams, parts_probs, parts_target = [], [], []
-                for start in range(sl.start, sl.stop, cfg.batch_size):
-                    stop = min(start + cfg.batch_size, sl.stop)
-                    target = (
-                        torch.from_numpy(truth[start:stop]).long()
-                        if cfg.cam_target == "true"
-                        else None
-                    )
-                    res = explainer(test[start:stop], target=target, method=cfg.cam_method)
-                    parts_cams.append(res.cams.cpu().numpy().astype(np.float32))
-                    parts_probs.append(res.probs.detach().cpu().numpy().astype(np.float32))
-                    parts_target.append(res.target.cpu().numpy())
-                save_arrays(
-                    store.part_path("cams", f"{mid}-{k:05d}", ".npz"),
-                    cams=np.concatenate(parts_cams),
-                    probs=np.concatenate(parts_probs),
-                    target=np.concatenate(parts_target),
-                )
-                ctx.mark("cams", unit)
-                _test_delay()
-            bar.update(sl.stop - sl.start)
-        bar.close()
         ood_rel = f"ood/{mid}.npz"
         if not ctx.done("cams", f"{mid}:ood") or not store.path(ood_rel).exists():
             # the live page's "unlike the test photos" caveat compares a photo's features with
             # these (cityviz.ood: k-NN distance, Sun et al. 2022)
+            model, meta = load_checkpoint(store.path(m["checkpoint"]), ctx.device)
+            explainer = cam.Explainer(model, meta["arch"], ctx.device)
+            test = ctx.inputs("test", int(meta["input_size"]))
             try:
                 save_arrays(store.path(ood_rel), **ood.reference_from_images(explainer, test))
             except ValueError as exc:  # fewer than 2 distinct test images
@@ -404,8 +436,11 @@ def resolve_segmenter_spec(cfg: RunConfig, ds: CityDataset) -> str:
     return "annotations" if any(r.label_path for r in ds.records) else "hf"
 
 
-def build_segmenter(cfg: RunConfig, ds: CityDataset, device: torch.device) -> Segmenter | None:
+def build_segmenter(
+    cfg: RunConfig, ds: CityDataset, device: torch.device, *, check: bool = True
+) -> Segmenter | None:
     """The configured segmenter, loaded (so a missing model fails here, before training).
+    ``check=False`` skips reading every label map (a worker whose run has checked them).
 
     Raises ``SegmenterUnavailable`` (no weights here) or ``ValueError`` (a spec that does not fit
     this data set, such as ``annotations`` for photos without label maps).
@@ -419,7 +454,7 @@ def build_segmenter(cfg: RunConfig, ds: CityDataset, device: torch.device) -> Se
         device=str(device),
         reduce_labels=cfg.reduce_labels,
     )
-    if isinstance(segmenter, AnnotationSegmenter):
+    if check and isinstance(segmenter, AnnotationSegmenter):
         segmenter.check_labels()  # every label map fits the class names, before any training
     return segmenter
 
@@ -427,8 +462,6 @@ def build_segmenter(cfg: RunConfig, ds: CityDataset, device: torch.device) -> Se
 def stage_segment(ctx: Context) -> None:
     store = ctx.store
     spec = resolve_segmenter_spec(ctx.cfg, ctx.dataset)
-    df = ctx.images()
-    test_df = df[df["row"] >= 0].sort_values("row")
     if ctx.segmenter_checked:
         segmenter = ctx.segmenter
     else:
@@ -438,19 +471,23 @@ def stage_segment(ctx: Context) -> None:
         for rel in ("labels.npy", "classes.json"):  # a previous segmenter's output is stale now
             store.path(rel).unlink(missing_ok=True)
         return
-    test = ctx.inputs("test")
-    ids = test_df["image_id"].tolist()
-    bar = ctx.bar(ctx.n_test(), "segment")
     shards = list(ctx.shards())
-    for k, sl in shards:
-        unit = f"labels:{k}"
-        if not ctx.done("segment", unit):
-            lab = segmenter.segment(np.asarray(test[sl]), ids[sl])
-            save_array(store.part_path("segment", f"labels-{k:05d}"), lab)
-            ctx.mark("segment", unit)
-            _test_delay()
-        bar.update(sl.stop - sl.start)
-    bar.close()
+    jobs = [
+        {
+            "unit": f"labels:{k}",
+            "start": sl.start,
+            "stop": sl.stop,
+            "out": str(store.part_path("segment", f"labels-{k:05d}")),
+        }
+        for k, sl in shards
+        if not ctx.done("segment", f"labels:{k}")
+    ]
+    worker = {"root": str(store.root), "cfg": ctx.cfg, "dataset": ctx.dataset,
+              "device": str(ctx.device)}  # fmt: skip
+    if ctx.executor.name == "local":
+        worker["segmenter"] = segmenter  # already loaded (and checked) in this process
+    ctx.executor.map(workers.SegmentWorker, worker, jobs, ctx.unit_finished("segment"),
+                     desc="segment")  # fmt: skip
     labels = np.concatenate(
         [np.load(store.part_path("segment", f"labels-{k:05d}")) for k, _ in shards]
     )
@@ -476,32 +513,26 @@ def stage_stats(ctx: Context) -> None:
     class_names = store.read_json("classes.json") if has_labels else None
     if not has_labels:  # statistics of an earlier segmenter would be stale
         store.path("stats/rpc.parquet").unlink(missing_ok=True)
+        store.path("stats/rpc_null.parquet").unlink(missing_ok=True)
+        store.path("stats/rpc_contrast.parquet").unlink(missing_ok=True)
         for mid in models:
             store.path(f"hist/{mid}.parquet").unlink(missing_ok=True)
     cams_of = {mid: store.load_array(f"cams/{mid}.npy") for mid in models}
     pairs = list(combinations(models, 2))
     shards = list(ctx.shards())
-    bar = ctx.bar(ctx.n_test(), "stats")
-    for k, sl in shards:
-        unit = f"shard:{k}"
-        if not ctx.done("stats", unit):
-            masks = {mid: cam.mask_norm(np.asarray(cams_of[mid][sl]), ctx.size) for mid in models}
-            out: dict[str, np.ndarray] = {}
-            for mid in models:
-                if labels is not None:
-                    r, c, counts = stats.object_histograms(
-                        masks[mid], np.asarray(labels[sl]), len(class_names), cfg.n_bins
-                    )
-                    out[f"hist_row_{mid}"] = r + sl.start
-                    out[f"hist_class_{mid}"] = c
-                    out[f"hist_counts_{mid}"] = counts
-            for i, (a, b) in enumerate(pairs):
-                out[f"ar_{i}"] = stats.average_residual(masks[a], masks[b])
-            save_arrays(store.part_path("stats", f"shard-{k:05d}", ".npz"), **out)
-            ctx.mark("stats", unit)
-            _test_delay()
-        bar.update(sl.stop - sl.start)
-    bar.close()
+    jobs = [
+        {
+            "unit": f"shard:{k}",
+            "start": sl.start,
+            "stop": sl.stop,
+            "out": str(store.part_path("stats", f"shard-{k:05d}", ".npz")),
+        }
+        for k, sl in shards
+        if not ctx.done("stats", f"shard:{k}")
+    ]
+    worker = {"root": str(store.root), "cfg": cfg, "models": models,
+              "n_classes": len(class_names) if labels is not None else 0}  # fmt: skip
+    ctx.executor.map(workers.StatsWorker, worker, jobs, ctx.unit_finished("stats"), desc="stats")
     parts = [load_arrays(store.part_path("stats", f"shard-{k:05d}", ".npz")) for k, _ in shards]
     city_of = pd.Series(test_df["city"].to_numpy(), index=ids)
     n_images_of = test_df.groupby("city").size()  # images without labelled pixels count too
@@ -530,6 +561,7 @@ def stage_stats(ctx: Context) -> None:
         rpc_frames.append(table)
     if rpc_frames:
         store.save_table("stats/rpc.parquet", pd.concat(rpc_frames, ignore_index=True))
+        _rpc_trust(ctx, models, test_df, labels, class_names, cams_of)
     ar_frames = [
         pd.DataFrame(
             {
@@ -550,6 +582,65 @@ def stage_stats(ctx: Context) -> None:
     if pairs:
         store.save_table("stats/ar_summary.parquet", stats.ar_summary(ar, arch_of))
         store.save_json("stats/arch_vs_seed.json", stats.arch_vs_seed(ar, arch_of))
+
+
+def _rpc_trust(
+    ctx: Context,
+    models: list[str],
+    test_df: pd.DataFrame,
+    labels: np.ndarray,
+    class_names: list[str],
+    cams_of: dict[str, np.ndarray],
+) -> None:
+    """The trust checks of R_p^c (issue 11): permutation null and city contrast per model.
+
+    One unit per model (``null:<model_id>``), written under ``parts/stats/``; then
+    ``stats/rpc_null.parquet`` and ``stats/rpc_contrast.parquet`` (:mod:`cityviz.trust.nulls`).
+    The null tests at most ``cfg.null_images`` images per city (a seeded sample, the same for
+    every model); seeds derive from the model id, so adding a model changes no other's rows.
+    """
+    cfg, store = ctx.cfg, ctx.store
+    cities = test_df["city"].to_numpy()
+    rows = nulls.null_sample(cities, cfg.null_images, seed=0)
+    city_of = pd.Series(cities, index=test_df["image_id"].to_numpy())
+    frames: dict[str, list[pd.DataFrame]] = {"null": [], "contrast": []}
+    bar = ctx.bar(len(models), "R_p^c nulls", unit="model")
+    for mid in models:
+        unit = f"null:{mid}"
+        parts = {k: store.part_path("stats", f"{k}-{mid}", ".parquet") for k in frames}
+        if not ctx.done("stats", unit):
+            seed = zlib.crc32(mid.encode())
+            masks = cam.mask_norm(np.asarray(cams_of[mid][rows]), ctx.size)
+            null = nulls.rpc_null_table(
+                np.asarray(labels[rows]),
+                stats.bin_index(masks, cfg.n_bins),
+                cities[rows],
+                class_names,
+                n_bins=cfg.n_bins,
+                n_permutations=cfg.n_permutations,
+                min_mean_pixels=cfg.min_pixels,
+                seed=seed,
+            )
+            contrast = nulls.rpc_contrast_table(
+                store.read_table(f"hist/{mid}.parquet"),
+                city_of,
+                class_names,
+                n_permutations=cfg.n_permutations,
+                n_boot=cfg.bootstrap,
+                min_mean_pixels=cfg.min_pixels,
+                seed=seed,
+            )
+            for key, table in (("null", null), ("contrast", contrast)):
+                table.insert(0, "model_id", mid)
+                save_table(parts[key], table)
+            ctx.mark("stats", unit)
+            _test_delay()
+        for key, path in parts.items():
+            frames[key].append(pd.read_parquet(path))
+        bar.update(1)
+    bar.close()
+    store.save_table("stats/rpc_null.parquet", pd.concat(frames["null"], ignore_index=True))
+    store.save_table("stats/rpc_contrast.parquet", pd.concat(frames["contrast"], ignore_index=True))
 
 
 def stage_embed(ctx: Context) -> None:
@@ -593,10 +684,12 @@ def stage_embed(ctx: Context) -> None:
             hist = store.read_table(f"hist/{mid}.parquet")
             dom = stats.dominant_object(hist, cfg.threshold, class_names)
             frame["dominant"] = frame["image_id"].map(dom).fillna("").astype(str)
-            prof = stats.cluster_profiles(
+            # named by the objects over-represented in the cluster's explanations (lift), not
+            # by the most common ones, which are the same everywhere ("building · sky")
+            lift = stats.cluster_lift(
                 hist, pd.Series(frame["cluster"].to_numpy(), index=ids), cfg.threshold, class_names
             )
-            label_of = dict(zip(prof["cluster"], prof["label"], strict=False))
+            label_of = stats.lift_labels(lift).to_dict() if len(lift) else {}
             frame["cluster_label"] = [label_of.get(c) or f"cluster {c}" for c in frame["cluster"]]
         store.save_table(f"embed/{mid}.parquet", frame)
         ctx.mark("embed", mid)
@@ -647,6 +740,7 @@ STAGE_FUNCS: dict[str, Callable[[Context], None]] = {
     "cams": stage_cams,
     "segment": stage_segment,
     "stats": stage_stats,
+    "trust": stage_trust,
     "embed": stage_embed,
     "thumbs": stage_thumbs,
 }

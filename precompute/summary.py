@@ -8,6 +8,7 @@ import pandas as pd
 
 from cityviz.cam import METHOD_NAMES
 from cityviz.store import Cache
+from cityviz.ui.overview import evidence_table, headline_findings
 
 
 def known_answer(rpc: pd.DataFrame, discriminative: dict[str, list[str]]) -> dict[str, dict]:
@@ -36,6 +37,80 @@ def known_answer(rpc: pd.DataFrame, discriminative: dict[str, list[str]]) -> dic
             else None,
         }
     return out
+
+
+def evidence_lines(
+    null: pd.DataFrame,
+    contrast: pd.DataFrame,
+    threshold: float,
+    model_ids: list[str],
+    cities: list[str],
+    top: int = 4,
+) -> list[str]:
+    """Per model and city, the objects whose R_p^c is evidence that they distinguish the city
+    (above its permutation null and above the other cities', BH 5 %; issue 11), then every
+    object the models disagree on. From ``stats/rpc_null.parquet`` and
+    ``stats/rpc_contrast.parquet`` at ``threshold``."""
+    ev = evidence_table(null, contrast, threshold)
+    n_perm = int(null["n_permutations"].max()) if len(null) else 0
+    lines = [
+        "",
+        f"Objects that distinguish each city (threshold {threshold}: R_p^c above its permutation "
+        f"null and above the other cities', BH 5 %, {n_perm} permutations)",
+    ]
+    for mid in model_ids:
+        for city in cities:
+            t = ev[(ev["model_id"] == mid) & (ev["city"] == city) & ev["evidence"]].head(top)
+            objs = ", ".join(
+                f"{r.object} {r.difference:+.2f} [{r.diff_lo:+.2f}, {r.diff_hi:+.2f}]"
+                for r in t.itertuples()
+            )
+            lines.append(f"  {mid:<14}{city:<18}{objs or 'none'}")
+    head = headline_findings(null, contrast, threshold, n=len(ev) or 1)
+    split = head[head["models_disagree"]]
+    if len(split):
+        lines.append("  models disagree:")
+        for r in split.itertuples():
+            lines.append(
+                f"    {r.city}: {r.object} for {', '.join(r.models_with)};"
+                f" not for {', '.join(r.models_without)}"
+            )
+    return lines
+
+
+def trust_lines(verdicts: dict, removal: pd.DataFrame, model_ids: list[str]) -> list[str]:
+    """Per model: the trust verdict with each check's figure against its rule, and per city the
+    object whose removal drops the accuracy most (causal ones only), from ``trust/verdict.json``
+    and ``trust/removal.parquet`` (precompute/trust.py)."""
+    lines = ["", "Trust checks (randomisation Spearman < 0.5; other-city Spearman < 0.9; deletion "
+             "AUC random − mask > 0, CI above 0)"]  # fmt: skip
+    for mid in model_ids:
+        v = verdicts.get(mid)
+        if not isinstance(v, dict):
+            continue
+        checks = v.get("checks", {})
+        fig = {name: _check_figure(checks.get(name)) for name in ("mprt", "other_city", "deletion")}
+        lines.append(
+            f"  {mid:<14}{str(v.get('verdict', '?')).upper():<5} randomisation {fig['mprt']}, "
+            f"other city {fig['other_city']}, deletion {fig['deletion']}"
+        )
+        t = removal[(removal["model_id"] == mid) & removal["causal"].astype(bool)]
+        for city, g in t.groupby("city", sort=True):
+            r = g.sort_values("drop", ascending=False).iloc[0]
+            lines.append(
+                f"  {'':<14}without {r['object']}, {city} accuracy {100 * r['acc_before']:.0f}% → "
+                f"{100 * r['acc_after']:.0f}% (random region: {100 * r['acc_random']:.0f}%, "
+                f"{int(r['n_images'])} images)"
+            )
+    return lines
+
+
+def _check_figure(check: dict | None) -> str:
+    """A check of ``trust/verdict.json`` as ``"+0.12 ok"`` or ``"+0.93 FAIL"``."""
+    check = check if isinstance(check, dict) else {}
+    value = check.get("value")
+    value = float(value) if isinstance(value, int | float) else float("nan")
+    return f"{value:+.2f} {'ok' if check.get('passed') else 'FAIL'}"
 
 
 def arch_vs_seed_line(d: dict) -> str:
@@ -144,8 +219,15 @@ def format_summary(cache: Cache, timings: dict[str, float], top: int = 4) -> str
                     for c, v in ka.items()
                 )
                 lines.append(f"  {mid:<14}{verdict}  {f'{h}×{w} map':<9}  {detail}")
+        trust = ("stats/rpc_null.parquet", "stats/rpc_contrast.parquet")
+        if all((cache.root / rel).exists() for rel in trust):
+            lines += evidence_lines(
+                cache.rpc_null(), cache.rpc_contrast(), thr, cache.model_ids, cache.cities
+            )
     elif not m.get("segmenter"):
         lines += ["", "No segmenter configured: object statistics were skipped."]
+    if all((cache.root / f"trust/{n}").exists() for n in ("verdict.json", "removal.parquet")):
+        lines += trust_lines(cache.trust_verdict(), cache.trust_table("removal"), cache.model_ids)
     lines += [
         "",
         "Stage times (s): "

@@ -186,7 +186,9 @@ def test_csv_loading(tmp_path: Path):
     assert ds.spot_sources["csv"] == 2 and ds.spot_sources["file"] == 1
     assert ds.class_names == ["road", "sidewalk"]
     frame = ds.to_frame()
-    assert list(frame.columns) == ["image_id", "path", "city", "city_idx", "spot", "label_path"]
+    assert list(frame.columns) == ["image_id", "path", "city", "city_idx", "spot", "label_path",
+                                   "lat", "lon"]  # no district column: no record has one
+    assert frame["lat"].dtype == frame["lon"].dtype == np.float64 and frame["lat"].isna().all()
     assert frame.set_index("image_id").loc["img/1", "city_idx"] == 1  # rome after paris
     assert pd.isna(frame.set_index("image_id").loc["img/2", "label_path"])
 

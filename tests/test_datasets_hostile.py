@@ -386,7 +386,7 @@ def test_loader_joins_close_photos_and_counts_spot_sources(tmp_path: Path):
     assert len({spot[t[2]], spot[t[3]], spot[t[0]]}) == 3
     assert spot[t[2]] == spot[t[4]] == spot[t[5]] == "pano:PANO1"  # 10 m from a pano: joined
     assert ds.spot_sources == {"csv": 0, "pittsburgh": 2, "tokyo-pano": 1, "vpr-pano": 2,
-                               "vpr-utm": 4, "file": 2}
+                               "vpr-utm": 4, "gps": 0, "file": 2}
     assert list(ds.spot_sources) == list(SPOT_SOURCES)
     narrow = load_dataset(root, spot_radius_m=0.01)
     assert len({r.spot for r in narrow.records}) == len({r.spot for r in ds.records}) + 2

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cityviz import stats
+from cityviz import stats, thumbs
 from cityviz.segment import NO_SEGMENTER_MESSAGE
 from cityviz.store import Cache
 from cityviz.ui import map as um
@@ -277,3 +280,100 @@ def test_bare_cache_degrades_with_messages(bare_cache_dir, monkeypatch):
 def test_missing_cache_is_an_error_message_not_a_traceback(tmp_path, monkeypatch):
     at = run_map(tmp_path / "nowhere", monkeypatch)
     assert at.error and "No cityviz cache" in at.error[0].value
+
+
+# ---------------------------------------------------------------- cluster names by lift
+
+
+def lift_hist() -> pd.DataFrame:
+    """sky 0, sign 1, tree 2; bin 15 is explained at t = 0.5, bin 2 is not."""
+    counts = np.zeros((6, 20), dtype=np.uint32)
+    counts[0, 15] = 60  # i0 sky
+    counts[1, 15] = 30  # i0 sign
+    counts[2, 15] = 10  # i1 sky
+    counts[3, 15], counts[3, 2] = 2, 100  # i1 tree: 2 explained
+    counts[4, 15] = 80  # i2 sky
+    counts[5, 15] = 20  # i2 tree
+    ids = ["i0", "i0", "i1", "i1", "i2", "i2"]
+    return stats.hist_frame(ids, np.arange(6), [0, 1, 0, 2, 0, 2], counts)
+
+
+def test_cluster_lift_matches_hand_computed_values():
+    names = ["sky", "sign", "tree"]
+    cluster_of = pd.Series([0, 0, 1], index=["i0", "i1", "i2"])
+    lift = stats.cluster_lift(lift_hist(), cluster_of, 0.5, names)
+    # all images: sky 150, sign 30, tree 22 explained pixels (202); cluster 0: 70, 30, 2 (102)
+    c0 = lift[lift["cluster"] == 0].set_index("object")
+    assert c0.index.tolist() == ["sign", "sky", "tree"]  # supported by lift, then the rest
+    assert c0.loc["sign", "share_cluster"] == pytest.approx(30 / 102)
+    assert c0.loc["sign", "share_all"] == pytest.approx(30 / 202)
+    assert c0.loc["sign", "lift"] == pytest.approx(202 / 102)
+    assert c0.loc["sky", "lift"] == pytest.approx((70 / 102) / (150 / 202))
+    assert c0.loc["tree", "lift"] == pytest.approx((2 / 102) / (22 / 202))
+    assert not c0.loc["tree", "supported"]  # 2 % of the cluster's explanation < 5 %
+    c1 = lift[lift["cluster"] == 1].set_index("object")
+    assert c1.loc["tree", "lift"] == pytest.approx(0.2 / (22 / 202))
+    assert c1.loc["sky", "lift"] == pytest.approx(0.8 / (150 / 202))
+    labels = stats.lift_labels(lift)
+    assert labels.to_dict() == {0: "sign", 1: "tree · sky"}
+    # a stricter support drops sign (29 % < 40 %): nothing over-represented is left
+    strict = stats.lift_labels(stats.cluster_lift(lift_hist(), cluster_of, 0.5, names, 0.4))
+    assert strict[0] == "no stand-out object"
+    hover = um.lift_hover(lift)
+    assert "sign: 29% of the cluster's explanation vs 15% of all (lift 2.0×)" in hover[0]
+
+
+def test_map_labels_clusters_by_lift_with_hover_statistics(fake_cache_dir, monkeypatch):
+    at = run_map(fake_cache_dir, monkeypatch)
+    labels = at.seen[-1]["labels"]
+    cache = Cache(fake_cache_dir)
+    emb = cache.embedding("simple_s0")
+    cluster_of = pd.Series(emb["cluster"].to_numpy(), index=emb["image_id"].to_numpy())
+    lift = stats.cluster_lift(cache.hist("simple_s0"), cluster_of, 0.5, cache.class_names())
+    want = stats.lift_labels(lift)
+    assert [lab["text"] for lab in labels] == [want[k] for k in sorted(emb["cluster"].unique())
+                                              if k >= 0]  # fmt: skip
+    assert all(lab["hover"][0].startswith("Objects over-represented") for lab in labels)
+    # over-represented objects differ between clusters (not one name everywhere)
+    assert len({lab["text"] for lab in labels}) > 1
+
+
+# ---------------------------------------------------------------- exports
+
+
+def test_selection_table_and_csv_are_safe(fake_cache_dir):
+    f = small_frame()
+    test = pd.DataFrame({"row": [0, 1, 2, 3], "path": ["/a/0.jpg", "=cmd|x", "/b/2.jpg", "c"]})
+    table = um.selection_table(f, np.array([3, 1]), test)
+    assert table["test_row"].tolist() == [1, 3]
+    assert table["path"].tolist() == ["=cmd|x", "c"]
+    assert table["predicted_city"].tolist() == ["a", "b"]
+    assert table["cluster"].tolist() == ["0 · sky", "unclustered"]
+    assert list(table.columns) == um.EXPORT_COLUMNS
+    back = pd.read_csv(io.BytesIO(um.selection_csv(table)))
+    assert back["path"].tolist() == ["'=cmd|x", "c"]  # no spreadsheet formula
+    np.testing.assert_allclose(back["confidence"], [0.8, 0.9])
+
+
+def test_zip_of_the_selection_holds_one_png_per_image(fake_cache_dir):
+    cache = Cache(fake_cache_dir)
+    rows = [0, 5, 17, 99]
+    ids = ["../../etc/passwd", "a b", "x", "é"]
+    tiles = thumbs.crop_tiles(lambda s: cache.thumb_sheet("simple_s0/expl", s), rows)
+    data = um.thumbs_zip(tiles, rows, ids)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = zf.namelist()
+        assert names == ["000000_etc_passwd.png", "000005_a_b.png", "000017_x.png",
+                         "000099_image.png"]  # fmt: skip
+        for name, tile in zip(names, tiles, strict=True):
+            with Image.open(io.BytesIO(zf.read(name))) as im:
+                assert im.format == "PNG"
+                np.testing.assert_array_equal(np.asarray(im), tile)
+    with pytest.raises(ValueError):
+        um.thumbs_zip(tiles, rows[:2], ids)
+
+
+def test_selection_offers_csv_and_zip_downloads(fake_cache_dir, monkeypatch):
+    at = run_map(fake_cache_dir, monkeypatch, value={"rows": [3, 1], "view": "simple_s0|tsne"})
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Selection as CSV", "Explanations as ZIP"]

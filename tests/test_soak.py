@@ -207,3 +207,66 @@ def test_bad_arguments_get_one_sentence_not_a_traceback(argv, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- where the time goes
+
+
+def test_breakdown_splits_an_upload_into_its_parts():
+    mark = {"digest": "d1", "t0": 100.0, "upload_end": 100.25, "ws_last": 101.5, "done": 102.0,
+            "busy": 0.3}  # fmt: skip
+    runs = [
+        {"digest": "d1", "start": 100.5, "end": 100.75, "cpu": 0.2},  # first run with the photo
+        {"digest": "d1", "start": 100.875, "end": 101.25, "cpu": 0.25},  # a rerun
+        {"digest": "other", "start": 100.5, "end": 101.0, "cpu": 9.0},  # another session's
+        {"digest": "d1", "start": 90.0, "end": 91.0, "cpu": 9.0},  # before this upload
+    ]
+    parts = soak.breakdown(mark, runs)
+    assert parts["total"] == pytest.approx(2.0)
+    assert parts["upload"] == pytest.approx(0.25)
+    assert parts["wait"] == pytest.approx(0.25)  # upload answered -> first run starts
+    assert parts["run"] == pytest.approx(0.375)  # the last run's wall time
+    assert parts["cpu"] == pytest.approx(0.45)
+    assert parts["server"] == pytest.approx(1.0)  # upload answered -> end of the last run
+    assert parts["deliver"] == pytest.approx(0.25)
+    assert parts["render"] == pytest.approx(0.5)
+    assert parts["runs"] == 2 and parts["busy"] == pytest.approx(0.3)
+
+
+def test_breakdown_without_server_records_or_page_marks_says_unknown():
+    mark = {"digest": "d", "t0": 0.0, "upload_end": None, "ws_last": None, "done": 1.5}
+    parts = soak.breakdown(mark, [])
+    assert parts["total"] == pytest.approx(1.5) and parts["runs"] == 0
+    assert parts["server"] is None and parts["run"] is None and parts["upload"] is None
+    run = {"digest": "d", "start": 0.5, "end": 1.0, "cpu": 0.1}
+    parts = soak.breakdown(mark, [run])
+    assert parts["render"] == pytest.approx(0.5) and parts["server"] is None
+
+
+def test_read_runs_skips_a_half_written_line(tmp_path):
+    path = tmp_path / "times.jsonl"
+    path.write_text('{"digest": "a", "start": 1, "end": 2, "cpu": 0.5}\n{"digest": "b", "sta')
+    assert [r["digest"] for r in soak.read_runs(path)] == ["a"]
+    assert soak.read_runs(tmp_path / "missing.jsonl") == []
+
+
+def test_cpu_meter_counts_a_child_process_but_not_the_bench_itself():
+    import subprocess
+
+    meter = soak.CpuMeter(server_pids=[])
+    meter.start()
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", burn + "time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and soak.tree_cpu(child.pid).get(child.pid, 0) < 0.3:
+            time.sleep(0.05)
+        t = time.process_time()
+        while time.process_time() - t < 0.2:  # the bench's own work is not the browser's
+            pass
+        server, other = meter.stop()
+    finally:
+        child.kill()
+        child.wait()
+    assert server == 0.0
+    assert other >= 0.28  # the child's 0.3 s (other children, e.g. a browser, may add to it)

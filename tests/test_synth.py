@@ -43,11 +43,14 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_layout_and_metadata(small_set: Path):
     with open(small_set / "manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["path", "city", "spot", "label_path"]
+    assert list(rows[0]) == ["path", "city", "spot", "label_path", "lat", "lon", "district"]
     assert len(rows) == 2 * 3 * 2
+    lat, lon, district = synth.spot_location(SMALL, "tokyo-like", 1)
     assert rows[3] == {"path": "images/tokyo-like/tokyo-like_s0001_v01.png", "city": "tokyo-like",
                        "spot": "tokyo-like/s0001",
-                       "label_path": "labels/tokyo-like/tokyo-like_s0001_v01.png"}
+                       "label_path": "labels/tokyo-like/tokyo-like_s0001_v01.png",
+                       "lat": f"{lat:.7f}", "lon": f"{lon:.7f}", "district": "north-east"}
+    assert rows[2]["lat"] == rows[3]["lat"] and rows[2]["district"] == district  # views of a spot
     for r in rows:
         img = Image.open(small_set / r["path"])
         lab = Image.open(small_set / r["label_path"])
@@ -61,7 +64,13 @@ def test_layout_and_metadata(small_set: Path):
     assert meta["discriminative"] == {"tokyo-like": ["signboard", "fence"],
                                       "pittsburgh-like": ["skyscraper", "tree"]}
     assert meta["shared"] == list(SHARED_OBJECTS)
-    assert meta["generator_version"] == synth.GENERATOR_VERSION == 4
+    assert meta["generator_version"] == synth.GENERATOR_VERSION == 5
+    assert meta["districts"] == list(synth.DISTRICTS)
+    geo = meta["geography"]["tokyo-like"]
+    assert geo["concentrated"] == {"signboard": "north-west", "fence": "north-east"}
+    assert geo["districts"]["north-west"]["cue_presence"] == {
+        "signboard": synth.CONCENTRATED_PRESENCE, "fence": synth.SPARSE_PRESENCE}
+    assert geo["districts"]["south-east"]["cue_presence"] == {"signboard": 0.6, "fence": 0.6}
     assert not [p for p in small_set.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
@@ -322,3 +331,70 @@ def test_every_planted_kind_has_a_visible_two_colour_pattern(kind):
         mask = synth._accent_mask(pattern, h, w, 96, np.random.default_rng(0))
         assert mask.shape == (h, w) and mask.dtype == bool
         assert 0.05 <= mask.mean() <= 0.8, (kind, h, w, mask.mean())  # base and accent both show
+
+
+def _metres(lat1, lon1, lat2, lon2) -> float:
+    """Great-circle distance (haversine, mean Earth radius), the float64 reference."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    a = (np.sin((p2 - p1) / 2) ** 2
+         + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2)
+    return float(2 * 6_371_008.8 * np.arcsin(np.sqrt(a)))
+
+
+def test_spots_lie_in_their_district_near_a_real_city():
+    cfg = SynthConfig(cities=("tokyo-like", "pittsburgh-like", "control", "city-4"),
+                      spots_per_city=24, size=32)
+    meta_geo = synth._metadata(cfg)["geography"]
+    real = {"tokyo-like": (35.68, 139.77), "pittsburgh-like": (40.44, -80.0)}
+    centres = []
+    for city in cfg.cities:
+        centres.append(tuple(meta_geo[city]["centre"]))
+        if city in real:
+            assert _metres(*real[city], *meta_geo[city]["centre"]) < 5_000
+        for spot in range(cfg.spots_per_city):
+            lat, lon, district = synth.spot_location(cfg, city, spot)
+            assert district == synth.DISTRICTS[spot % 4] == synth.district_of(spot)
+            dc = meta_geo[city]["districts"][district]["centre"]
+            assert _metres(lat, lon, *dc) <= synth.DISTRICT_RADIUS_M * 1.001
+            for other in set(synth.DISTRICTS) - {district}:
+                assert _metres(lat, lon, *meta_geo[city]["districts"][other]["centre"]) > 1_500
+            assert synth.spot_location(cfg, city, spot) == (lat, lon, district)  # deterministic
+    assert len(set(centres)) == len(centres)  # every city on its own patch
+    # districts' centres are 2.4 km apart north-south and east-west (the layout's offsets)
+    d = meta_geo["tokyo-like"]["districts"]
+    assert abs(_metres(*d["north-west"]["centre"], *d["south-west"]["centre"]) - 2400) < 1
+    assert abs(_metres(*d["north-west"]["centre"], *d["north-east"]["centre"]) - 2400) < 1
+
+
+def test_cues_are_concentrated_in_their_district():
+    cfg = SynthConfig(cities=("tokyo-like", "pittsburgh-like", "control"), spots_per_city=400,
+                      views_per_spot=1, size=32, seed=4)
+    for city, (first, second) in (("tokyo-like", ("signboard", "fence")),
+                                  ("pittsburgh-like", ("skyscraper", "tree"))):
+        shown = {d: {first: 0, second: 0, "n": 0} for d in synth.DISTRICTS}
+        for spot in range(cfg.spots_per_city):
+            kinds = synth.planted_kinds(cfg, city, spot)
+            assert kinds  # every spot still shows a cue
+            d = shown[synth.district_of(spot)]
+            d["n"] += 1
+            for k in kinds:
+                d[k] += 1
+        freq = {d: {k: v[k] / v["n"] for k in (first, second)} for d, v in shown.items()}
+        assert freq["north-west"][first] > 0.9 and freq["north-west"][second] < 0.25
+        assert freq["north-east"][second] > 0.9 and freq["north-east"][first] < 0.25
+        for d in ("south-west", "south-east"):
+            for k in (first, second):
+                assert 0.5 < freq[d][k] < 0.85, (city, d, k, freq[d][k])
+        assert synth.concentrated_in(cfg)[city] == {first: "north-west", second: "north-east"}
+    assert synth.planted_kinds(cfg, "control", 0) == []
+    # pixels follow: the north-west shows far more of the first cue than the north-east
+    px = {d: 0 for d in synth.DISTRICTS[:2]}
+    for spot in range(40):
+        lab = render_scene(cfg, "tokyo-like", spot, 0)[1]
+        if synth.district_of(spot) in px:
+            px[synth.district_of(spot)] += int((lab == ADE20K_INDEX["signboard"]).sum())
+    assert px["north-west"] > 3 * px["north-east"]
+    with pytest.raises(ValueError, match="district"):
+        synth.cue_presence(cfg, "tokyo-like", "downtown")
+    with pytest.raises(ValueError, match="unknown city"):
+        synth.spot_location(cfg, "atlantis", 0)

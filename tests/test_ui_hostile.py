@@ -22,7 +22,7 @@ from cityviz.ui.safe_text import md_escape
 from tests.hostile import CITY_A, CITY_B, MARKUP, copy_cache, make_hostile
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ("overview", "map", "objects", "compare")
+PAGES = ("overview", "map", "objects", "compare", "trust")
 MODELS = ("simple_s0", "resnet18_s0")
 SELECTION = {"rows": [0, 1, 2, 3], "view": "simple_s0|tsne"}
 
@@ -64,6 +64,7 @@ PAGE_STATE = {
     "map": {},
     "objects": {"objects_drill_open": True, "objects_table_open": True},
     "compare": {},
+    "trust": {},
 }
 
 
@@ -167,10 +168,22 @@ READERS = {
     "stats/arch_vs_seed.json": ("overview", "compare"),
     "embed/simple_s0.parquet": ("map",),
     "thumbs/simple_s0/expl/0000.jpg": ("map",),
+    "stats/rpc_null.parquet": ("overview", "objects"),
+    "stats/rpc_contrast.parquet": ("overview", "objects"),
+    "trust/removal.parquet": ("overview", "objects", "trust"),
+    "trust/mprt.parquet": ("trust",),
+    "trust/curves.parquet": ("trust",),
+    "trust/auc.parquet": ("trust",),
+    "trust/other_city.parquet": ("trust",),
+    "trust/verdict.json": ("trust",),
 }
+# The trust checks' files get fewer damage kinds (tests/test_pages_trust.py covers more).
+FEW_DAMAGES = ("stats/rpc_null.parquet", "stats/rpc_contrast.parquet", "trust/")
 
 
 def damages(rel: str) -> list[str]:
+    if rel.startswith(FEW_DAMAGES):
+        return ["garbage", "json-type" if rel.endswith(".json") else "wrong-columns"]
     kinds = ["garbage", "truncated", "empty"]
     if rel.endswith(".npy"):
         kinds += ["object-dtype", "wrong-shape", "wrong-dtype"]
@@ -349,5 +362,6 @@ def test_app_draws_its_own_navigation_and_hides_streamlits(fake_cache_dir, monke
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     links = [el.proto.label for el in at.sidebar.get("page_link")]
-    assert links == ["Overview", "Explanation map", "Objects", "Compare models", "Live Grad-CAM"]
+    assert links == ["Overview", "Explanation map", "Geography", "Objects", "Galleries",
+                     "Compare models", "Live Grad-CAM", "Trust"]  # fmt: skip
     assert "what does a city-recognition network look at" in at.title[0].value

@@ -5,8 +5,9 @@ split only, because with 12-24 views per place a random split leaks places into 
 
 Layouts :func:`load_dataset` reads:
 
-- a CSV ``path,city[,spot][,label_path]`` (UTF-8; relative paths are relative to the CSV), with
-  ``classes.json`` (a JSON list of class names, indexed by the label values) beside the CSV;
+- a CSV ``path,city[,spot][,label_path][,lat,lon][,district]`` (UTF-8; relative paths are
+  relative to the CSV; ``latitude,longitude`` are read as ``lat,lon``), with ``classes.json`` (a
+  JSON list of class names, indexed by the label values) beside the CSV;
 - a folder with ``manifest.csv`` (the same CSV; the synthetic generator writes one);
 - a folder ``root/<city>/**/*.{jpg,jpeg,png,webp}``. Label maps, optional:
   ``root/_labels/<city>/<same relative path, suffix .png>`` (single-channel class indices, the
@@ -39,7 +40,16 @@ coordinates: photos closer than ``spot_radius_m`` (default :data:`SPOT_RADIUS_M`
 which place recognition is evaluated) are joined into one spot, transitively, per UTM zone and
 hemisphere (:func:`spatial_groups`), so that no two photos that close can sit in different
 splits. Photos with a pano id keep all views of a pano together *and* join nearby photos the
-same way. Photos in different UTM zones are never joined.
+same way. Photos in different UTM zones are never joined. Photos without a spot convention but
+with coordinates (from the CSV or EXIF) are joined the same way by their latitude/longitude
+(:func:`gps_groups`; spot source ``gps``).
+
+Coordinates (WGS84 degrees; :data:`GEO_SOURCES`, counted in :attr:`CityDataset.geo_sources`), in
+priority order: the CSV's ``lat,lon`` columns; else a VPR / Tokyo 24/7 name's lat/lon fields
+(:func:`latlon_from_name`); else the EXIF GPS tags of a JPEG or WebP, read from its header only
+(:mod:`cityviz.data.geo_tags`); else NaN. A CSV value that is not a number or out of range leaves
+that photo's coordinates empty and is listed in :attr:`CityDataset.geo_warnings` with its line,
+never fatal. Photos without coordinates work everywhere else.
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.neighbors import radius_neighbors_graph
 
+from cityviz.data.geo_tags import EXIF_SUFFIXES, parse_latlon, read_exif_latlon
 from cityviz.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
@@ -81,10 +92,17 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 SPLITS = ("train", "val", "test")
 SPOT_RADIUS_M = 25.0
 """Photos closer than this (metres, UTM) share a spot: the 25 m threshold of place recognition."""
-SPOT_SOURCES = ("csv", "pittsburgh", "tokyo-pano", "vpr-pano", "vpr-utm", "file")
+SPOT_SOURCES = ("csv", "pittsburgh", "tokyo-pano", "vpr-pano", "vpr-utm", "gps", "file")
 """Where a spot came from: the CSV's spot column, a Pittsburgh place id, a Tokyo 24/7 / Time
 Machine pano id, a VPR pano id (joined with nearby photos), VPR UTM coordinates (joined by
-distance), or nothing known (``file``: each photo is its own spot)."""
+distance), the photo's latitude/longitude from the CSV or EXIF (``gps``, joined by distance), or
+nothing known (``file``: each photo is its own spot)."""
+GEO_SOURCES = ("csv", "name", "exif", "none")
+"""Where a photo's latitude/longitude came from, in priority order: the CSV's ``lat,lon`` (or
+``latitude,longitude``) columns, a VPR / Tokyo 24/7 file name, the file's EXIF GPS tags, or
+nowhere (``none``: NaN)."""
+EARTH_RADIUS_M = 6_371_008.8
+"""Mean Earth radius (IUGG), metres: GPS coordinates are compared on this sphere."""
 LABELS_DIR = "_labels"
 """Folder layouts keep label maps in ``root/_labels/<city>/...`` (see the module docstring)."""
 
@@ -96,12 +114,18 @@ class ImageRecord:
     city: str
     spot: str
     label_path: Path | None = None
+    lat: float = math.nan  # WGS84 degrees, NaN when unknown
+    lon: float = math.nan
+    district: str = ""  # the CSV's district column (the synthetic set writes one), else ""
+    geo_source: str = "none"  # a GEO_SOURCES key
 
 
 @dataclass
 class CityDataset:
     """A loaded data set. ``skipped`` lists ``(path, reason)`` of every file left out (printable
-    text); ``spot_sources`` counts the records per :data:`SPOT_SOURCES` key (all keys present)."""
+    text); ``spot_sources`` counts the records per :data:`SPOT_SOURCES` key (all keys present),
+    ``geo_sources`` per :data:`GEO_SOURCES` key; ``geo_warnings`` lists ``(path, reason)`` of
+    every photo kept whose coordinates (or district) were unusable and left empty."""
 
     root: Path
     records: list[ImageRecord]
@@ -110,6 +134,8 @@ class CityDataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     discriminative: dict[str, list[str]] | None = None  # ground truth, synthetic sets only
     spot_sources: dict[str, int] = field(default_factory=dict)
+    geo_sources: dict[str, int] = field(default_factory=dict)
+    geo_warnings: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -120,7 +146,9 @@ class CityDataset:
         return np.array([lookup[r.city] for r in self.records], dtype=np.int64)
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({
+        """One row per record: image_id, path, city, city_idx, spot, label_path, ``lat``/``lon``
+        (float64 degrees, NaN unknown), and ``district`` (str) when any record has one."""
+        df = pd.DataFrame({
             "image_id": [r.image_id for r in self.records],
             "path": [str(r.path) for r in self.records],
             "city": [r.city for r in self.records],
@@ -128,19 +156,31 @@ class CityDataset:
             "spot": [r.spot for r in self.records],
             "label_path": [None if r.label_path is None else str(r.label_path)
                            for r in self.records],
+            "lat": np.array([r.lat for r in self.records], dtype=np.float64),
+            "lon": np.array([r.lon for r in self.records], dtype=np.float64),
         })
+        if any(r.district for r in self.records):
+            df["district"] = [r.district for r in self.records]
+        return df
 
     def fingerprint(self) -> str:
-        """sha256 over the sorted (relative path, file size, city, spot, label) of every record.
+        """sha256 over the sorted (relative path, file size, city, spot, label) of every record,
+        plus the CSV's coordinates and district where given.
 
         Cheap (one ``stat`` per file, no content hashing) yet changes when files are added,
-        removed, replaced by a file of another size, or assigned to another city or spot.
+        removed, replaced by a file of another size, or assigned to another city, spot,
+        position or district. (Coordinates from names and EXIF follow from the name and file.)
         """
         lines = []
         for r in self.records:
             label = ("" if r.label_path is None
                      else f"{_rel(r.label_path, self.root)}\t{_size(r.label_path)}")
-            lines.append(f"{_rel(r.path, self.root)}\t{_size(r.path)}\t{r.city}\t{r.spot}\t{label}")
+            line = f"{_rel(r.path, self.root)}\t{_size(r.path)}\t{r.city}\t{r.spot}\t{label}"
+            if r.geo_source == "csv":
+                line += f"\t{r.lat:.7f},{r.lon:.7f}"
+            if r.district:
+                line += f"\t{r.district}"
+            lines.append(line)
         h = hashlib.sha256()
         for line in sorted(lines):
             h.update(line.encode("utf-8", "surrogateescape"))
@@ -227,6 +267,60 @@ def _parse_vpr(parts: list[str]) -> _NameSpot | None:
     if not located:
         return None
     return _NameSpot(f"utm:{zone}{letter}:{east:.2f}:{north:.2f}", "vpr-utm", **where)
+
+
+def latlon_from_name(filename: str) -> tuple[float, float] | None:
+    """``(lat, lon)`` in degrees from a VPR / Tokyo 24/7 file name
+    ``@utm_e@utm_n@zone@letter@lat@lon@pano_id@...``, or None when the name follows no such
+    convention or its latitude/longitude fields are empty, not numbers or out of range.
+
+    The UTM fields are not converted when lat/lon are missing: no maintained projection library
+    (e.g. pyproj) is a dependency, and VPR names carry both.
+    """
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    parts = name.split("@")
+    if not name.startswith("@") or len(parts) < 9 or not (parts[5].strip() and parts[6].strip()):
+        return None
+    try:
+        return parse_latlon(parts[5], parts[6])
+    except ValueError:
+        return None
+
+
+def gps_groups(lat: Sequence[float], lon: Sequence[float],
+               radius_m: float = SPOT_RADIUS_M) -> np.ndarray:
+    """Group index (int64, ``[N]``) of each point given in degrees: connected components of
+    "closer than ``radius_m``" (single linkage, as :func:`spatial_groups`).
+
+    Points are placed on a sphere of :data:`EARTH_RADIUS_M` in Cartesian metres, so the
+    straight-line (chord) distance differs from the great-circle distance by less than a
+    micrometre at 25 m, anywhere on Earth, with no projection zones. Uses scikit-learn's
+    ``radius_neighbors_graph`` and SciPy's ``connected_components``.
+
+    Raises ValueError for sequences of different lengths, non-finite or out-of-range
+    coordinates, or a radius that is not a positive finite number.
+    """
+    la = np.asarray(lat, dtype=np.float64).reshape(-1)
+    lo = np.asarray(lon, dtype=np.float64).reshape(-1)
+    if len(la) != len(lo):
+        raise ValueError("lat and lon must have the same length")
+    try:
+        radius = float(radius_m)
+    except (TypeError, ValueError):
+        radius = math.nan
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius_m must be a positive number of metres, got {radius_m!r}")
+    if not (np.isfinite(la).all() and np.isfinite(lo).all()
+            and (np.abs(la) <= 90).all() and (np.abs(lo) <= 180).all()):
+        raise ValueError("coordinates must be finite degrees within [-90, 90] and [-180, 180]")
+    if len(la) < 2:
+        return np.zeros(len(la), dtype=np.int64)
+    phi, lam = np.radians(la), np.radians(lo)
+    xyz = EARTH_RADIUS_M * np.column_stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam),
+                                            np.sin(phi)])
+    graph = radius_neighbors_graph(xyz, radius, mode="connectivity", include_self=False)
+    _, labels = connected_components(graph, directed=False)
+    return labels.astype(np.int64)
 
 
 def spatial_groups(zones: Sequence[str | None], east: Sequence[float], north: Sequence[float],
@@ -357,8 +451,9 @@ _HEAD_BYTES = 64 * 1024
 def load_dataset(source: str | Path, *, check_images: bool = True, progress: bool = False,
                  spot_radius_m: float = SPOT_RADIUS_M) -> CityDataset:
     """Load a data set from (a) a folder with ``manifest.csv``, (b) a CSV file
-    ``path,city[,spot][,label_path]``, or (c) a folder ``root/<city>/**/*.{jpg,jpeg,png,webp}``
-    (label maps and ``classes.json``: see the module docstring).
+    ``path,city[,spot][,label_path][,lat,lon][,district]``, or (c) a folder
+    ``root/<city>/**/*.{jpg,jpeg,png,webp}`` (label maps, ``classes.json`` and where coordinates
+    come from: see the module docstring).
 
     Problems with single files are skipped and listed in ``skipped``, never fatal. With
     ``check_images`` every file's header is opened (JPEGs are also decoded at 1/8 scale and PNG
@@ -400,6 +495,9 @@ class _Row:
     label: Path | None = None
     key: tuple[int, int] = (0, 0)  # (st_dev, st_ino)
     size: int = 0
+    lat: float = math.nan  # given by the table
+    lon: float = math.nan
+    district: str = ""  # given by the table
 
     def skip(self, skipped: list[tuple[str, str]], reason: str) -> None:
         skipped.append((self.shown, reason + self.where))
@@ -433,6 +531,7 @@ def _from_table(csv_path: Path, check: bool, progress: bool, radius: float) -> C
     name = display_path(csv_path.name)
     rows: list[_Row] = []
     skipped: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
     declared: dict[str, str] = {}
     line = 0
     try:
@@ -449,7 +548,7 @@ def _from_table(csv_path: Path, check: bool, progress: bool, radius: float) -> C
             columns = _table_columns(header, name)
             for fields in reader:
                 start, line = line + 1, reader.line_num
-                row = _table_row(fields, columns, root, name, start, skipped)
+                row = _table_row(fields, columns, root, name, start, skipped, warnings)
                 if row is not None:
                     declared.setdefault(row.city, f"{name}: city {row.city}")
                     rows.append(row)
@@ -460,17 +559,23 @@ def _from_table(csv_path: Path, check: bool, progress: bool, radius: float) -> C
     class_names = _read_class_names(csv_path.parent / "classes.json")
     discriminative = _read_discriminative(csv_path.parent / "synth.json")
     return _finish(root, rows, skipped, declared, check, progress, class_names, discriminative,
-                   radius)
+                   radius, warnings)
+
+
+_COLUMN_ALIASES = {"latitude": "lat", "longitude": "lon"}
 
 
 def _table_columns(header: list[str], name: str) -> list[str]:
+    """Lower-cased column names; ``latitude``/``longitude`` read as ``lat``/``lon``."""
     columns = [c.strip().lower() for c in header]
+    columns = [_COLUMN_ALIASES.get(c, c) for c in columns]
     if any(_name_problem(c) for c in columns):
         raise ValueError(f"{name} line 1: the header is not valid UTF-8 text; save the file as "
                          "UTF-8")
     missing = {"path", "city"} - set(columns)
     if missing:
-        raise ValueError(f"{name} needs columns path and city (optional: spot, label_path); "
+        raise ValueError(f"{name} needs columns path and city (optional: spot, label_path, "
+                         "lat, lon, district); "
                          f"it has {[display_path(c) for c in columns]}")
     twice = sorted(c for c, k in Counter(columns).items() if k > 1 and c)
     if twice:
@@ -479,8 +584,12 @@ def _table_columns(header: list[str], name: str) -> list[str]:
 
 
 def _table_row(fields: list[str], columns: list[str], root: Path, name: str, line: int,
-               skipped: list[tuple[str, str]]) -> _Row | None:
-    """One table line as a row, or None (blank, or skipped with a reason naming the line)."""
+               skipped: list[tuple[str, str]], warnings: list[tuple[str, str]]) -> _Row | None:
+    """One table line as a row, or None (blank, or skipped with a reason naming the line).
+
+    Unusable coordinates or district leave those empty and add ``(path, reason)`` naming the
+    line to ``warnings``; the photo is kept.
+    """
     if not any(f.strip() for f in fields):
         return None
     where = f" ({name} line {line})"
@@ -509,7 +618,19 @@ def _table_row(fields: list[str], columns: list[str], root: Path, name: str, lin
     except (RuntimeError, ValueError):  # "~nouser/...", NUL characters
         skipped.append((shown, "path cannot be resolved" + where))
         return None
-    return _Row(path, city, shown, where, spot, label_path)
+    row = _Row(path, city, shown, where, spot, label_path)
+    lat, lon = values.get("lat", ""), values.get("lon", "")
+    if lat or lon:
+        try:
+            row.lat, row.lon = parse_latlon(lat, lon)
+        except ValueError as err:
+            warnings.append((shown, f"{err}: its coordinates are left empty{where}"))
+    district = values.get("district", "")
+    if district and _name_problem(district) is None:
+        row.district = district
+    elif district:
+        warnings.append((shown, f"district {_name_problem(district)}; it is left empty{where}"))
+    return row
 
 
 def _from_folders(root: Path, check: bool, progress: bool, radius: float) -> CityDataset:
@@ -646,7 +767,7 @@ def _locate(row: _Row) -> str | None:
 def _finish(root: Path, rows: list[_Row], skipped: list[tuple[str, str]],
             declared: dict[str, str], check: bool, progress: bool,
             class_names: list[str] | None, discriminative: dict[str, list[str]] | None,
-            radius: float) -> CityDataset:
+            radius: float, warnings: list[tuple[str, str]] | None = None) -> CityDataset:
     located = []
     for row in rows:
         reason = _locate(row)
@@ -659,7 +780,9 @@ def _finish(root: Path, rows: list[_Row], skipped: list[tuple[str, str]],
     rows = _drop_copies(rows, skipped)
     for city in sorted(set(declared) - {r.city for r in rows}):
         skipped.append((declared[city], "no usable images: the city is left out"))
-    return _build(root, rows, skipped, class_names, discriminative, radius)
+    kept = {r.shown for r in rows}
+    warnings = [w for w in warnings or [] if w[0] in kept]
+    return _build(root, rows, skipped, class_names, discriminative, radius, warnings)
 
 
 def _one_record_per_file(rows: list[_Row], skipped: list[tuple[str, str]]) -> list[_Row]:
@@ -837,7 +960,7 @@ def _read_discriminative(path: Path) -> dict[str, list[str]] | None:
 
 def _build(root: Path, rows: list[_Row], skipped: list[tuple[str, str]],
            class_names: list[str] | None, discriminative: dict[str, list[str]] | None,
-           radius: float) -> CityDataset:
+           radius: float, warnings: list[tuple[str, str]]) -> CityDataset:
     cities = sorted({r.city for r in rows})
     if len(cities) < 2:
         found = ", ".join(cities) if cities else "none"
@@ -848,24 +971,50 @@ def _build(root: Path, rows: list[_Row], skipped: list[tuple[str, str]],
     dup = {i for i, n in Counter(ids).items() if n > 1}
     ids = [_image_id(r.path, root, keep_ext=True) if i in dup else i
            for r, i in zip(rows, ids, strict=True)]
-    spots, sources = _assign_spots(rows, ids, radius)
-    records = [ImageRecord(image_id, r.path, r.city, spot, r.label)
-               for r, image_id, spot in zip(rows, ids, spots, strict=True)]
+    coords = [_coordinates(r) for r in rows]
+    spots, sources = _assign_spots(rows, ids, radius, coords)
+    records = [ImageRecord(image_id, r.path, r.city, spot, r.label, lat, lon, r.district, geo)
+               for r, image_id, spot, (lat, lon, geo)
+               in zip(rows, ids, spots, coords, strict=True)]
     _warn_coarse_spots(records, radius)
     counts = Counter(sources)
+    geo_counts = Counter(geo for _, _, geo in coords)
+    if warnings:
+        log.warning("%d photo(s) have unusable coordinates or district, left empty; the first: "
+                    "%s: %s", len(warnings), *warnings[0])
     return CityDataset(root, records, cities, class_names, skipped, discriminative,
-                       {k: counts.get(k, 0) for k in SPOT_SOURCES})
+                       {k: counts.get(k, 0) for k in SPOT_SOURCES},
+                       {k: geo_counts.get(k, 0) for k in GEO_SOURCES}, warnings)
 
 
-def _assign_spots(rows: list[_Row], ids: list[str], radius: float) -> tuple[list[str], list[str]]:
+def _coordinates(row: _Row) -> tuple[float, float, str]:
+    """``(lat, lon, source)`` of a photo: the table's, else its file name's, else its EXIF GPS
+    tags' (read from the header, JPEG and WebP only), else ``(nan, nan, "none")``."""
+    if math.isfinite(row.lat):
+        return row.lat, row.lon, "csv"
+    if (found := latlon_from_name(row.path.name)) is not None:
+        return *found, "name"
+    if row.path.suffix.lower() in EXIF_SUFFIXES and (found := read_exif_latlon(row.path)):
+        return *found, "exif"
+    return math.nan, math.nan, "none"
+
+
+def _assign_spots(rows: list[_Row], ids: list[str], radius: float,
+                  coords: list[tuple[float, float, str]]) -> tuple[list[str], list[str]]:
     """Spot and spot source (a SPOT_SOURCES key) of every row; see the module docstring."""
     spots, sources = [], []
     placed: list[tuple[int, _NameSpot]] = []
+    located: list[int] = []  # rows without a spot convention but with coordinates
     for i, (row, image_id) in enumerate(zip(rows, ids, strict=True)):
         found = None if row.spot else _spot_from_name(row.path.name)
         if row.spot:
             spots.append(row.spot)
             sources.append("csv")
+        elif found is None and math.isfinite(coords[i][0]):
+            lat, lon, _ = coords[i]
+            spots.append(f"gps:{lat:.6f}:{lon:.6f}")
+            sources.append("gps")
+            located.append(i)
         elif found is None:
             spots.append(f"file:{image_id}")
             sources.append("file")
@@ -884,6 +1033,14 @@ def _assign_spots(rows: list[_Row], ids: list[str], radius: float) -> tuple[list
             name[g] = min(name.get(g, spots[i]), spots[i])
         for (i, _), g in zip(placed, groups, strict=True):
             spots[i] = name[g]
+    if located:
+        groups = gps_groups([coords[i][0] for i in located], [coords[i][1] for i in located],
+                            radius)
+        first: dict[int, str] = {}
+        for i, g in zip(located, groups, strict=True):
+            first[g] = min(first.get(g, spots[i]), spots[i])
+        for i, g in zip(located, groups, strict=True):
+            spots[i] = first[g]
     return spots, sources
 
 

@@ -11,6 +11,14 @@ objects and its slots stay empty: with it in the set, a city with planted object
 recognised by what it lacks (with only two cities, "no skyscraper or tree" is enough to say
 tokyo-like). The label maps use ADE20K indices, so the planted answer can be checked end to end.
 
+Each city is laid out as four districts (:data:`DISTRICTS`) on a few square kilometres of a real
+city's latitude/longitude (tokyo-like near Tokyo, pittsburgh-like near Pittsburgh); spot ``i`` lies
+in district ``i % 4``. A city's first cue is concentrated in its north-west district and its
+second in the north-east (:func:`cue_presence`), a known *spatial* answer for the Geography page.
+``manifest.csv`` holds ``path,city,spot,label_path,lat,lon,district``; ``synth.json`` the config,
+the planted objects and each city's ``geography`` (centres, cue presence per district, where
+each cue is concentrated).
+
 Randomness: a spot's layout comes from ``SeedSequence((seed, city, spot, stream))`` and each
 view's nuisances (time of day, colour jitter, noise) from ``(seed, city, spot, view)``, so an
 image does not depend on generation order or parallelism. The shared layout is drawn from its
@@ -42,7 +50,7 @@ from cityviz.data.ade20k import ADE20K_CLASSES, ADE20K_INDEX
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 DEFAULT_CITIES: tuple[str, ...] = ("tokyo-like", "pittsburgh-like")
 SHARED_OBJECTS: tuple[str, ...] = (
     "sky", "building", "road", "sidewalk", "car", "person", "pole", "grass", "wall",
@@ -122,6 +130,114 @@ def discriminative_objects(config: SynthConfig) -> dict[str, list[str]]:
     return out
 
 
+# --------------------------------------------------------------------------- geography
+#
+# Each city is laid out as four districts on a patch of a real city's latitude/longitude, so the
+# Geography page has a known spatial answer: a city's first cue is concentrated in its north-west
+# district and its second cue in the north-east, while the two southern districts show both as
+# the rest of the set does (see :func:`cue_presence`).
+
+DISTRICTS: tuple[str, ...] = ("north-west", "north-east", "south-west", "south-east")
+"""District names; spot ``i`` of every city lies in district ``i % 4``."""
+_DISTRICT_OFFSET_M: tuple[tuple[float, float], ...] = (
+    (1200.0, -1200.0), (1200.0, 1200.0), (-1200.0, -1200.0), (-1200.0, 1200.0),
+)  # (north, east) of each district's centre from the city's centre, metres; fmt: skip
+DISTRICT_RADIUS_M = 350.0
+"""Spots lie uniformly in a disc of this radius (metres) around their district's centre."""
+CONCENTRATED_PRESENCE = 0.95
+SPARSE_PRESENCE = 0.1
+_EARTH_RADIUS_M = 6_371_008.8  # mean Earth radius (IUGG)
+_CITY_CENTRE: dict[str, tuple[float, float]] = {
+    "tokyo-like": (35.6812, 139.7671),  # Tokyo Station
+    "pittsburgh-like": (40.4406, -79.9959),  # downtown Pittsburgh
+    CONTROL_CITY: (48.8566, 2.3522),  # Paris
+}
+_OTHER_CENTRES: tuple[tuple[float, float], ...] = (
+    (51.5074, -0.1278), (-23.5505, -46.6333), (-33.8688, 151.2093), (19.0760, 72.8777),
+    (-1.2921, 36.8219), (45.5019, -73.5674), (52.5200, 13.4050), (41.3874, 2.1686),
+)  # London, São Paulo, Sydney, Mumbai, Nairobi, Montréal, Berlin, Barcelona; fmt: skip
+
+
+def city_centres(cities: tuple[str, ...] | list[str]) -> dict[str, tuple[float, float]]:
+    """``{city: (lat, lon)}`` in degrees (WGS84): tokyo-like near Tokyo, pittsburgh-like near
+    Pittsburgh, ``control`` in Paris, other cities on further real cities in the order given."""
+    free = iter(_OTHER_CENTRES * (len(cities) // len(_OTHER_CENTRES) + 1))
+    return {c: _CITY_CENTRE[c] if c in _CITY_CENTRE else next(free) for c in cities}
+
+
+def offset_latlon(lat: np.ndarray | float, lon: np.ndarray | float, north_m, east_m):
+    """``(lat, lon)`` in degrees moved ``north_m``/``east_m`` metres (float64; arrays broadcast).
+
+    The local tangent-plane approximation on a sphere of the mean Earth radius: below 0.1 %
+    error over the few kilometres of a synthetic city.
+    """
+    lat = np.asarray(lat, dtype=np.float64)
+    dlat = np.degrees(np.asarray(north_m, dtype=np.float64) / _EARTH_RADIUS_M)
+    dlon = np.degrees(np.asarray(east_m, dtype=np.float64)
+                      / (_EARTH_RADIUS_M * np.cos(np.radians(lat))))
+    return lat + dlat, np.asarray(lon, dtype=np.float64) + dlon
+
+
+def district_of(spot: int) -> str:
+    """The district (a :data:`DISTRICTS` name) of spot number ``spot``, in every city."""
+    return DISTRICTS[spot % len(DISTRICTS)]
+
+
+def district_points(centre: tuple[float, float], district: np.ndarray,
+                    u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Latitudes and longitudes (float64 ``[N]``) of points in districts ``district`` (int
+    indices into :data:`DISTRICTS`) of a city centred at ``centre``, from uniform draws ``u``,
+    ``v`` in [0, 1): uniform in a disc of :data:`DISTRICT_RADIUS_M` around the district's
+    centre."""
+    d = np.asarray(district, dtype=np.int64)
+    off = np.asarray(_DISTRICT_OFFSET_M)[d]
+    r = DISTRICT_RADIUS_M * np.sqrt(np.asarray(u, dtype=np.float64))
+    theta = 2 * np.pi * np.asarray(v, dtype=np.float64)
+    return offset_latlon(centre[0], centre[1], off[:, 0] + r * np.sin(theta),
+                         off[:, 1] + r * np.cos(theta))
+
+
+def spot_location(config: SynthConfig, city: str, spot: int) -> tuple[float, float, str]:
+    """``(lat, lon, district)`` of a spot (degrees, WGS84): deterministic per
+    ``(seed, city, spot)`` like the rendering, and the same for all views of the spot."""
+    if city not in config.cities:
+        raise ValueError(f"unknown city {city!r}; configured: {config.cities}")
+    u, v = _rng(config.seed, city, spot, _STREAM_GEO).random(2)
+    lat, lon = district_points(city_centres(config.cities)[city],
+                               np.array([spot % len(DISTRICTS)]), np.array([u]), np.array([v]))
+    return float(lat[0]), float(lon[0]), district_of(spot)
+
+
+def cue_presence(config: SynthConfig, city: str, district: str) -> dict[str, float]:
+    """Probability that each of the city's planted objects appears in a spot of ``district``.
+
+    The known spatial answer: the city's first cue (e.g. tokyo-like's signboard) is present in
+    :data:`CONCENTRATED_PRESENCE` of the north-west's spots and :data:`SPARSE_PRESENCE` of the
+    north-east's; the second cue (fence) the other way round; both have ``planted_presence`` in
+    the southern districts. With ``planted_presence`` 1 every cue is everywhere.
+    """
+    kinds = discriminative_objects(config)[city]
+    if district not in DISTRICTS:
+        raise ValueError(f"unknown district {district!r}; districts: {DISTRICTS}")
+    if config.planted_presence >= 1.0:
+        return dict.fromkeys(kinds, 1.0)
+    out = {}
+    for i, kind in enumerate(kinds):
+        p = config.planted_presence
+        if district == DISTRICTS[0]:
+            p = CONCENTRATED_PRESENCE if i == 0 else SPARSE_PRESENCE
+        elif district == DISTRICTS[1]:
+            p = CONCENTRATED_PRESENCE if i == 1 else SPARSE_PRESENCE
+        out[kind] = p
+    return out
+
+
+def concentrated_in(config: SynthConfig) -> dict[str, dict[str, str]]:
+    """``{city: {cue: district}}``: the district where each planted cue is concentrated."""
+    return {city: {k: DISTRICTS[min(i, 1)] for i, k in enumerate(kinds[:2])}
+            for city, kinds in discriminative_objects(config).items()}
+
+
 # --------------------------------------------------------------------------- randomness
 
 
@@ -135,6 +251,7 @@ def _rng(seed: int, city: str, spot: int, *rest: int) -> np.random.Generator:
 
 _STREAM_SHARED, _STREAM_PLANTED = 1_000_001, 1_000_002  # never equal to a view index
 _STREAM_PRESENCE = 1_000_003
+_STREAM_GEO = 1_000_004
 
 
 # --------------------------------------------------------------------------- canvas
@@ -538,9 +655,10 @@ def planted_kinds(config: SynthConfig, city: str, spot: int) -> list[str]:
     kinds = discriminative_objects(config)[city]
     if not kinds or config.planted_presence >= 1.0:
         return list(kinds)
+    presence = cue_presence(config, city, district_of(spot))
     rng = _rng(config.seed, "", spot, _STREAM_PRESENCE)  # the same in every city
     while True:
-        keep = [k for k in kinds if rng.random() < config.planted_presence]
+        keep = [k for k in kinds if rng.random() < presence[k]]
         if keep:
             return keep
 
@@ -676,23 +794,37 @@ def _save_png(path: Path, arr: np.ndarray, level: int) -> None:
     path.write_bytes(encode_png(arr, level))
 
 
-def _write_spot(args: tuple[SynthConfig, str, int, str]) -> list[tuple[str, str, str, str]]:
+def _write_spot(args: tuple[SynthConfig, str, int, str]) -> list[tuple[str, ...]]:
     config, city, spot, root = args
     root_p = Path(root)
     pano = _render_spot(config, city, spot)
+    lat, lon, district = spot_location(config, city, spot)
     rows = []
     for view in range(config.views_per_spot):
         img, lab = _finish_view(config, city, spot, view, pano)
         name = image_name(city, spot, view)
         _save_png(root_p / "images" / city / name, img, 0)
         _save_png(root_p / "labels" / city / name, lab, 6)
-        rows.append((f"images/{city}/{name}", city, f"{city}/s{spot:04d}", f"labels/{city}/{name}"))
+        rows.append((f"images/{city}/{name}", city, f"{city}/s{spot:04d}", f"labels/{city}/{name}",
+                     f"{lat:.7f}", f"{lon:.7f}", district))
     return rows
 
 
 def _metadata(config: SynthConfig) -> dict:
+    centres = city_centres(config.cities)
+    geography = {
+        city: {"centre": list(centres[city]),
+               "districts": {d: {"centre": [float(x[0]) for x in district_points(
+                                     centres[city], np.array([i]), np.zeros(1), np.zeros(1))],
+                                 "cue_presence": cue_presence(config, city, d)}
+                             for i, d in enumerate(DISTRICTS)},
+               "concentrated": concentrated_in(config)[city]}
+        for city in config.cities
+    }
     return {"config": config.to_json(), "discriminative": discriminative_objects(config),
-            "shared": list(SHARED_OBJECTS), "generator_version": GENERATOR_VERSION}
+            "shared": list(SHARED_OBJECTS), "generator_version": GENERATOR_VERSION,
+            "districts": list(DISTRICTS), "district_radius_m": DISTRICT_RADIUS_M,
+            "geography": geography}
 
 
 def _is_complete(out_dir: Path, config: SynthConfig) -> bool:
@@ -728,12 +860,12 @@ def generate(out_dir: Path, config: SynthConfig, *, progress: bool = False,
                 (tmp / sub / city).mkdir(parents=True)
         tasks = [(config, c, i, str(tmp)) for c in config.cities
                  for i in range(config.spots_per_city)]
-        rows: list[tuple[str, str, str, str]] = []
+        rows: list[tuple[str, ...]] = []
         for chunk in _run_tasks(tasks, workers, progress):
             rows.extend(chunk)
         with open(tmp / "manifest.csv", "w", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["path", "city", "spot", "label_path"])
+            writer.writerow(["path", "city", "spot", "label_path", "lat", "lon", "district"])
             writer.writerows(rows)
         (tmp / "classes.json").write_text(json.dumps(list(ADE20K_CLASSES), indent=1) + "\n")
         (tmp / "synth.json").write_text(json.dumps(_metadata(config), indent=2) + "\n")

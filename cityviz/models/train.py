@@ -80,8 +80,14 @@ def train_step(
     x_uint8: torch.Tensor,
     y: torch.Tensor,
     precision: str = "fp32",
+    loss_scale: float | None = None,
 ) -> tuple[float, int]:
     """One optimisation step; returns (summed loss, number correct) for the batch.
+
+    The loss is the batch's mean cross-entropy, or with ``loss_scale`` its *sum* times
+    ``loss_scale``: distributed training (:mod:`cityviz.models.distributed`) passes
+    ``world_size / global_batch`` so that DistributedDataParallel's gradient average over processes
+    equals the gradient of the global batch's mean loss, even when the batch splits unevenly.
 
     Unlike the inference functions, this updates ``model`` in place (its parameters, and in
     training mode its batch-norm statistics), in whatever mode the caller has put it.
@@ -92,12 +98,17 @@ def train_step(
         logits = model(normalize(x_uint8, arch))
     # outside autocast, from float32 logits: the loss and its gradient are float32 whatever the
     # forward pass ran in (PyTorch's AMP recipe; bf16 log-softmax would lose ~3 digits)
-    loss = nn.functional.cross_entropy(logits.float(), y)
+    if loss_scale is None:
+        loss = nn.functional.cross_entropy(logits.float(), y)
+    else:
+        loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum") * loss_scale
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     correct = int((logits.detach().argmax(1) == y).sum())
-    return float(loss.detach()) * len(y), correct
+    value = float(loss.detach())
+    summed = value * len(y) if loss_scale is None else value / loss_scale
+    return summed, correct
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -157,6 +168,13 @@ def predict(
     return np.concatenate(out[1:]) if len(out) > 1 else out[0]
 
 
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum ``values`` over the processes of the default process group (float64)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     cm = np.zeros((n_classes, n_classes), np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
@@ -183,8 +201,20 @@ def train_model(
     keep_best: bool = True,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> TrainResult:
     """Train one model from seed ``seed``; deterministic for a given seed on a given device.
+
+    With ``world_size > 1`` this is one process of a distributed run (the caller has initialised
+    ``torch.distributed``, see :mod:`cityviz.models.distributed`): the model is wrapped in
+    DistributedDataParallel, every process draws the same seeded permutation and flips, and
+    process ``rank`` trains on items ``rank::world_size`` of each global batch of ``batch_size``
+    (what DistributedSampler does per epoch, batch by batch), so the run follows the
+    single-process one step for step; a last global batch smaller than ``world_size`` is
+    skipped (at most ``world_size − 1`` images an epoch). Validation is split the same way and its
+    counts summed across processes. Batch norm keeps per-process statistics on CPU (PyTorch's
+    SyncBatchNorm needs a GPU); on CUDA it is converted to SyncBatchNorm.
 
     ``precision``: "fp32" or "bf16" (autocast for the forward pass, see :func:`autocast`); an
     unknown one raises ``ValueError`` before anything is built, and bf16 on a device without
@@ -206,6 +236,13 @@ def train_model(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_model(arch, n_classes, pretrained=pretrained).to(device)
+    net: nn.Module = model
+    distributed = world_size > 1
+    if distributed:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = make_optimizer(model, lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
     y_all = torch.from_numpy(np.array(train_labels, dtype=np.int64))
@@ -217,31 +254,49 @@ def train_model(
         total=epochs * n,
         desc=f"train {arch} s{seed}",
         unit="img",
-        disable=not progress,
+        disable=not progress or rank != 0,
         leave=False,
     )
     for epoch in range(epochs):
         model.train()
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, seen = 0.0, 0, 0
         for idx in iter_batches(n, batch_size, shuffle=True, generator=rng):
+            flip = rng.random(len(idx)) < 0.5 if augment else None
+            scale = None
+            bar.update(len(idx))
+            if distributed:
+                if len(idx) < world_size:
+                    continue
+                scale = world_size / len(idx)
+                idx = idx[rank::world_size]
+                flip = flip[rank::world_size] if flip is not None else None
             x = to_batch(train_images[idx], device)
-            if augment:
-                x = random_hflip(x, rng.random(len(idx)) < 0.5)
+            if flip is not None:
+                x = random_hflip(x, flip)
             y = y_all[idx].to(device)
-            batch_loss, batch_correct = train_step(model, arch, optimizer, x, y, precision)
+            batch_loss, batch_correct = train_step(net, arch, optimizer, x, y, precision, scale)
             loss_sum += batch_loss
             correct += batch_correct
-            bar.update(len(idx))
+            seen += len(idx)
         scheduler.step()
         model.eval()  # our own model: validate with running statistics and without dropout
         val_acc = float("nan")
-        if len(val_images):
-            val_pred = predict(model, arch, val_images, device).argmax(1)
-            val_acc = float((val_pred == np.asarray(val_labels)).mean())
+        val_right, val_n = 0, len(val_images)
+        if val_n:
+            rows = slice(rank, None, world_size)  # a view: a memory-mapped set stays on disk
+            if len(val_images[rows]):
+                val_pred = predict(model, arch, val_images[rows], device).argmax(1)
+                val_right = int((val_pred == np.asarray(val_labels)[rows]).sum())
+        if distributed:
+            loss_sum, correct, seen, val_right = _all_sum(
+                [loss_sum, correct, seen, val_right], device
+            )
+        if val_n:
+            val_acc = val_right / val_n
         epoch_stats = {
             "epoch": epoch + 1,
-            "loss": loss_sum / max(n, 1),
-            "train_accuracy": correct / max(n, 1),
+            "loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
             "val_accuracy": val_acc,
             "lr": optimizer.param_groups[0]["lr"],
         }

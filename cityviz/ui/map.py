@@ -4,15 +4,20 @@ atlas placement, selections and their object profile. No Streamlit here."""
 from __future__ import annotations
 
 import hashlib
+import io
+import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from plotly.colors import qualitative
 
 from cityviz import stats
 from cityviz.ui.figures import city_colors
+from cityviz.ui.safe_text import csv_safe
 
 METHOD_LABELS = {"tsne": "t-SNE", "umap": "UMAP"}
 COLOR_BY = (
@@ -139,20 +144,55 @@ def color_spec(
 # --------------------------------------------------------------------------- annotations
 
 
-def cluster_annotations(frame: pd.DataFrame, method: str) -> list[dict[str, Any]]:
-    """A label per cluster at its centroid (median position): ``[{x, y, text}]``, noise left out."""
+def cluster_annotations(
+    frame: pd.DataFrame, method: str, hover: Mapping[int, Sequence[str]] | None = None
+) -> list[dict[str, Any]]:
+    """A label per cluster at its centroid (median position): ``[{x, y, text}]``, noise left out.
+
+    With ``hover`` (cluster -> lines, e.g. from :func:`lift_hover`) a label also carries
+    ``"hover"``: the lines shown when the pointer rests on it."""
     x, y = f"{method}_x", f"{method}_y"
     clustered = frame[frame["cluster"] >= 0]
     out = []
     for k, grp in clustered.groupby("cluster", sort=True):
         label = grp["cluster_label"].iloc[0]
-        out.append(
-            {
-                "x": float(grp[x].median()),
-                "y": float(grp[y].median()),
-                "text": str(label) if isinstance(label, str) and label else f"cluster {k}",
-            }
-        )
+        item = {
+            "x": float(grp[x].median()),
+            "y": float(grp[y].median()),
+            "text": str(label) if isinstance(label, str) and label else f"cluster {k}",
+        }
+        if hover is not None and int(k) in hover:
+            item["hover"] = [str(line) for line in hover[int(k)]]
+        out.append(item)
+    return out
+
+
+def with_cluster_labels(frame: pd.DataFrame, labels: Mapping[int, str]) -> pd.DataFrame:
+    """A copy of ``frame`` whose ``cluster_label`` is ``labels[cluster]`` where given (e.g. the
+    lift names of :func:`cityviz.stats.lift_labels`); other clusters keep theirs."""
+    out = frame.copy()
+    new = out["cluster"].map(lambda k: labels.get(int(k)))
+    out["cluster_label"] = new.where(new.notna(), out["cluster_label"]).to_numpy(dtype=object)
+    return out
+
+
+def lift_hover(lift: pd.DataFrame, top: int = 4) -> dict[int, list[str]]:
+    """cluster -> hover lines from :func:`cityviz.stats.cluster_lift`'s table: a heading, then
+    its ``top`` supported objects with lift > 1, by lift, e.g. ``"signboard: 31% of the
+    cluster's explanation vs 8% of all (lift 3.9×)"``. Object names are raw (the browser
+    escapes them)."""
+    out: dict[int, list[str]] = {}
+    for k, grp in lift.groupby("cluster", sort=True):
+        lines = ["Objects over-represented in this cluster's explanations:"]
+        best = grp[grp["supported"].astype(bool) & (grp["lift"] > 1)].head(top)
+        for r in best.itertuples():
+            lines.append(
+                f"{r.object}: {r.share_cluster:.0%} of the cluster's explanation vs "
+                f"{r.share_all:.0%} of all (lift {r.lift:.1f}×)"
+            )
+        if len(best) == 0:
+            lines.append("none: no object with the minimum support has a lift above 1")
+        out[int(k)] = lines
     return out
 
 
@@ -281,6 +321,74 @@ def selection_profile(
     out["ratio"] = out["rpc_selection"] / out["rpc_all"]
     out = out.sort_values(["rpc_selection", "class_id"], ascending=[False, True]).head(top)
     return out[cols].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- exports
+
+EXPORT_COLUMNS = [
+    "image_id",
+    "path",
+    "city",
+    "predicted_city",
+    "correct",
+    "confidence",
+    "cluster",
+    "test_row",
+]
+ZIP_MAX_IMAGES = 2000
+
+
+def selection_table(frame: pd.DataFrame, rows: np.ndarray, test: pd.DataFrame) -> pd.DataFrame:
+    """The selected images as a table for download: columns :data:`EXPORT_COLUMNS`, one row
+    per selected test row, in row order (``confidence``: the model's probability of its
+    prediction, float; ``cluster``: the cluster's name; ``path``: from the cache's
+    ``images.parquet``)."""
+    sel = frame[frame["row"].isin(np.asarray(rows))].sort_values("row")
+    names = cluster_names(frame)
+    path_of = test.set_index("row")["path"] if "path" in test else pd.Series(dtype=object)
+    return pd.DataFrame(
+        {
+            "image_id": sel["image_id"].astype(str).to_numpy(),
+            "path": path_of.reindex(sel["row"]).astype(object).to_numpy(),
+            "city": sel["city"].astype(str).to_numpy(),
+            "predicted_city": sel["pred_city"].astype(str).to_numpy(),
+            "correct": sel["correct"].to_numpy(dtype=bool),
+            "confidence": sel["confidence"].to_numpy(dtype=np.float64).round(4),
+            "cluster": sel["cluster"].map(names).to_numpy(dtype=object),
+            "test_row": sel["row"].to_numpy(dtype=np.int64),
+        }
+    )
+
+
+def selection_csv(table: pd.DataFrame) -> bytes:
+    """UTF-8 CSV of :func:`selection_table`, every text cell through ``csv_safe`` (no cell runs
+    as a spreadsheet formula)."""
+    return csv_safe(table).to_csv(index=False).encode("utf-8")
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def zip_member(row: int, image_id: str) -> str:
+    """The ZIP member name of a thumbnail: ``"<row, 6 digits>_<image id>.png"``, the id
+    reduced to ``[A-Za-z0-9._-]`` (at most 60 characters), so no name from data can climb out
+    of the folder it is unpacked into or carry control characters."""
+    slug = _UNSAFE_NAME.sub("_", str(image_id)).strip("._")[:60] or "image"
+    return f"{int(row):06d}_{slug}.png"
+
+
+def thumbs_zip(tiles: Sequence[np.ndarray], rows: Sequence[int], image_ids: Sequence[str]) -> bytes:
+    """A ZIP (deflated) holding one PNG per tile (uint8 ``[H, W, 3]``), named by
+    :func:`zip_member`. ValueError when the three sequences differ in length."""
+    if not len(tiles) == len(rows) == len(image_ids):
+        raise ValueError(f"{len(tiles)} tiles for {len(rows)} rows and {len(image_ids)} image ids")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for tile, row, image_id in zip(tiles, rows, image_ids, strict=True):
+            png = io.BytesIO()
+            Image.fromarray(np.asarray(tile, dtype=np.uint8)).save(png, format="PNG")
+            zf.writestr(zip_member(row, image_id), png.getvalue())
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- component payload

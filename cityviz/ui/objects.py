@@ -308,6 +308,8 @@ def display_table(table: pd.DataFrame, display: Mapping[str, str]) -> pd.DataFra
     kept = table[table["kept"]].copy()
     kept.insert(0, "model", kept["model_id"].map(display).fillna(kept["model_id"]))
     cols = ["model", "city", "object", "rpc", "ci_lo", "ci_hi", "lift", "share", "mean_pixels"]
+    # trust badges (cityviz.ui.trust.badge_table), when the page added them
+    cols += [c for c in ("above null", "distinguishes", "removal drops accuracy") if c in kept]
     out = kept[cols].rename(
         columns={
             "rpc": "R_p^c",

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cityviz.ui.safe_text import md_escape
@@ -146,3 +147,140 @@ def unknown_spots_warning(dataset: Mapping[str, Any]) -> str | None:
         "column, no Pittsburgh or VPR file name): each is its own spot, so nearby photos may "
         "sit in train and test, and test accuracy may be optimistic."
     )
+
+
+EVIDENCE_COLUMNS = [
+    "model_id",
+    "city",
+    "object",
+    "class_id",
+    "rpc",
+    "null_hi",
+    "above_null",
+    "rpc_others",
+    "difference",
+    "diff_lo",
+    "diff_hi",
+    "distinguishes",
+    "evidence",
+]
+HEADLINE_COLUMNS = [
+    "city",
+    "rank",
+    "object",
+    "rpc",
+    "rpc_others",
+    "difference",
+    "n_models",
+    "n_evidence",
+    "models_with",
+    "models_without",
+    "models_disagree",
+    "evidence",
+]
+
+
+def evidence_table(null: pd.DataFrame, contrast: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per model, city and object at ``threshold``: is the object's R_p^c evidence that it
+    *distinguishes* the city?
+
+    ``null`` and ``contrast`` are ``stats/rpc_null.parquet`` and ``stats/rpc_contrast.parquet``
+    (:mod:`cityviz.trust.nulls`; rows at other thresholds are ignored). ``evidence`` =
+    ``above_null`` (R_p^c above its permutation null, BH 5 %) and ``distinguishes`` (R_p^c in
+    the city above the other cities', BH 5 %, bootstrap CI above 0); an object missing from
+    one of the tables (not in the null's image sample) counts as not shown. Columns
+    :data:`EVIDENCE_COLUMNS`, sorted by model, city, then difference descending.
+    """
+    keys = ["model_id", "city", "object", "class_id"]
+    n = null[np.isclose(null["threshold"].astype(float), threshold)]
+    c = contrast[np.isclose(contrast["threshold"].astype(float), threshold)]
+    n = n[[*keys, "rpc", "null_hi", "above_null"]]
+    c = c[[*keys, "rpc_city", "rpc_others", "difference", "diff_lo", "diff_hi", "distinguishes"]]
+    out = n.merge(c, on=keys, how="outer")
+    out["rpc"] = out["rpc"].fillna(out["rpc_city"])
+    for flag in ("above_null", "distinguishes"):
+        out[flag] = out[flag].astype("boolean").fillna(False).astype(bool)
+    out["evidence"] = out["above_null"] & out["distinguishes"]
+    out = out.sort_values(["model_id", "city", "difference"], ascending=[True, True, False])
+    return out[EVIDENCE_COLUMNS].reset_index(drop=True)
+
+
+def headline_findings(
+    null: pd.DataFrame, contrast: pd.DataFrame, threshold: float, n: int = 3
+) -> pd.DataFrame:
+    """The headline findings ranked by evidence that an object distinguishes its city.
+
+    From :func:`evidence_table`: per city, the objects that are evidence for at least one
+    model, ranked by how many models agree (``n_evidence``), then by the mean R_p^c difference
+    to the other cities; the first ``n`` per city. An object that tops every city (the issue's
+    "terrain") has no contrast and never appears; a city with no row has no such object.
+    ``n_models`` counts the models that tested the object in the city; ``evidence`` maps each of
+    them to its flag, ``models_with`` / ``models_without`` list them (tuples, table order), and
+    ``models_disagree`` is True when some but not all of them show it. ``rpc``, ``rpc_others``
+    and ``difference`` are means over those models. Columns :data:`HEADLINE_COLUMNS`.
+    """
+    ev = evidence_table(null, contrast, threshold)
+    rows = []
+    for (city, obj), grp in ev.groupby(["city", "object"], sort=True):
+        flags = dict(zip(grp["model_id"], grp["evidence"], strict=True))
+        with_ = tuple(m for m, f in flags.items() if f)
+        if not with_:
+            continue
+        rows.append(
+            {
+                "city": city,
+                "object": obj,
+                "rpc": float(grp["rpc"].mean()),
+                "rpc_others": float(grp["rpc_others"].mean()),
+                "difference": float(grp["difference"].mean()),
+                "n_models": len(flags),
+                "n_evidence": len(with_),
+                "models_with": with_,
+                "models_without": tuple(m for m, f in flags.items() if not f),
+                "models_disagree": len(with_) < len(flags),
+                "evidence": flags,
+            }
+        )
+    if not rows:
+        return pd.DataFrame(columns=HEADLINE_COLUMNS)
+    out = pd.DataFrame(rows).sort_values(
+        ["city", "n_evidence", "difference", "object"], ascending=[True, False, False, True]
+    )
+    out = out.groupby("city", sort=True).head(n).copy()
+    out["rank"] = out.groupby("city").cumcount() + 1
+    return out[HEADLINE_COLUMNS].reset_index(drop=True)
+
+
+def evidence_findings(
+    head: pd.DataFrame,
+    cities: Sequence[str],
+    planted: Mapping[str, Sequence[str]] | None = None,
+    display: Mapping[str, str] | None = None,
+) -> list[str]:
+    """One Markdown sentence per city from :func:`headline_findings`: the objects that tell it
+    apart, for how many models, and which models disagree; or that none does. City, object and
+    model names are escaped (``md_escape``), so the sentences are safe for ``st.markdown``."""
+    display = display or {}
+    out = []
+    for city in cities:
+        grp = head[head["city"] == city]
+        name = md_escape(str(city))
+        if grp.empty:
+            out.append(
+                f"No object distinguishes **{name}** from the other cities for any model: no "
+                "R_p^c there is both above its permutation null and above the other cities'."
+            )
+            continue
+        parts = []
+        for r in grp.itertuples():
+            mark = " (planted)" if planted and r.object in (planted.get(city) or ()) else ""
+            text = (
+                f"**{md_escape(str(r.object))}**{mark} for {r.n_evidence} of {r.n_models} "
+                f"models (R_p^c {r.rpc:.2f} vs {r.rpc_others:.2f} in the other cities)"
+            )
+            if r.models_disagree:
+                without = ", ".join(md_escape(str(display.get(m, m))) for m in r.models_without)
+                text += f"; the models disagree: not for {without}"
+            parts.append(text)
+        out.append(f"What tells **{name}** apart: " + "; ".join(parts) + ".")
+    return out

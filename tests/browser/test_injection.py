@@ -20,7 +20,8 @@ pytestmark = pytest.mark.browser
 
 PAGES = {"overview": "/", "map": "/map", "objects": "/objects", "compare": "/compare",
          "live": "/live"}  # fmt: skip
-TITLES = ["Overview", "Explanation map", "Objects", "Compare models", "Live Grad-CAM"]
+TITLES = ["Overview", "Explanation map", "Geography", "Objects", "Galleries",
+          "Compare models", "Live Grad-CAM", "Trust"]  # fmt: skip
 PLANTED_HOST = "127.0.0.1:9"
 
 # Records, from the first byte of the document, every sidebar navigation entry and dialog text.

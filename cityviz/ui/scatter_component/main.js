@@ -59,12 +59,21 @@
     hovers: [],
     prefetched: 0,
     atlasDrawn: 0,
+    // the region of the last box / lasso: {range, lasso, n} (n: points inside it)
+    lastRegion: null,
     // epoch milliseconds: script start, first render message, first plot drawn
     timing: { script: performance.timeOrigin + performance.now(), args: null, drawn: null },
     pointPixel: pointPixel,
     rowAt: function (i) { return state.rows ? state.rows[i] : null; },
   };
   window.cityviz = api;
+
+  // The outlines of earlier selections are drawn as SVG paths that take pointer events even when
+  // they are not editable: a box or lasso started inside one never reached plotly's drag layer,
+  // so the old selection stayed (issue 13 §5). Let the mouse pass through them.
+  const outlineStyle = document.createElement("style");
+  outlineStyle.textContent = ".selectionlayer path, .outline-controllers * { pointer-events: none !important; }";
+  document.head.appendChild(outlineStyle);
 
   // ---- Streamlit protocol -------------------------------------------------------------------
   function send(type, data) {
@@ -277,6 +286,7 @@
       responsive: true,
       scrollZoom: true,
       modeBarButtonsToRemove: ["autoScale2d"],
+      editSelection: false,
     };
     statusEl.textContent = state.rows.length ? "" : "No points to show.";
     window.Plotly.react(plotDiv, traces, layout, config).then(function () {
@@ -379,6 +389,7 @@
       annotations: (args.atlas ? [] : args.labels || []).map(function (l) {
         return {
           x: l.x, y: l.y, text: plotlyText(l.text), showarrow: false,
+          hovertext: (l.hover || []).map(plotlyText).join("<br>") || undefined,
           font: { size: 12, color: "#1b1b1b" },
           bgcolor: "rgba(255,255,255,0.82)", bordercolor: "#9a9a9a", borderpad: 2,
         };
@@ -393,6 +404,54 @@
     return state.rows[idx[point.pointIndex]];
   }
 
+  // ---- selections (issue 13 §5) --------------------------------------------------------------
+  // A selection is the set of points inside the region the user has just drawn, computed here
+  // from the region's data coordinates and every shown point's position, not from plotly's
+  // per-trace point lists: those are per colour group (their indices change with the colouring)
+  // and, after a redraw, could describe selection outlines kept from an earlier drawing. The
+  // outlines are not editable (config.editSelection = false), so a drag that starts inside the
+  // previous region draws a new region instead of moving the old one.
+  function visiblePositions() {
+    const data = plotDiv.data || [];
+    const out = [];
+    state.traceIdx.forEach(function (idx, k) {
+      const vis = data[k] ? data[k].visible : true;
+      if (vis === false || vis === "legendonly") return;
+      for (let i = 0; i < idx.length; i++) out.push(idx[i]);
+    });
+    return out;
+  }
+
+  function insidePolygon(px, py, xs, ys) {
+    let inside = false;
+    for (let i = 0, j = xs.length - 1; i < xs.length; j = i++) {
+      if ((ys[i] > py) !== (ys[j] > py) &&
+          px < (xs[j] - xs[i]) * (py - ys[i]) / (ys[j] - ys[i]) + xs[i]) inside = !inside;
+    }
+    return inside;
+  }
+
+  // Test rows inside the event's region (box: e.range, lasso: e.lassoPoints), or null when the
+  // event carries no region.
+  function regionRows(e) {
+    let test = null;
+    if (e.range && e.range.x && e.range.y) {
+      const x0 = Math.min(e.range.x[0], e.range.x[1]), x1 = Math.max(e.range.x[0], e.range.x[1]);
+      const y0 = Math.min(e.range.y[0], e.range.y[1]), y1 = Math.max(e.range.y[0], e.range.y[1]);
+      test = function (x, y) { return x >= x0 && x <= x1 && y >= y0 && y <= y1; };
+    } else if (e.lassoPoints && e.lassoPoints.x && e.lassoPoints.x.length > 2) {
+      const xs = e.lassoPoints.x.map(Number), ys = e.lassoPoints.y.map(Number);
+      test = function (x, y) { return insidePolygon(x, y, xs, ys); };
+    }
+    if (test === null) return null;
+    const rows = [];
+    for (const pos of visiblePositions()) {
+      if (test(state.x[pos], state.y[pos])) rows.push(state.rows[pos]);
+    }
+    api.lastRegion = { range: e.range || null, lasso: e.lassoPoints || null, n: rows.length };
+    return rows;
+  }
+
   function sendSelection(rows) {
     const uniq = Array.from(new Set(rows)).sort(function (a, b) { return a - b; });
     setValue({ rows: uniq, view: state.args.view_key });
@@ -405,8 +464,13 @@
     plotDiv.on("plotly_hover", onHover);
     plotDiv.on("plotly_unhover", hideTip);
     plotDiv.on("plotly_selected", function (e) {
-      if (!e || !e.points) return;
-      sendSelection(e.points.map(rowOf).filter(function (r) { return r !== null; }));
+      if (!e) return;
+      const rows = regionRows(e);
+      if (rows !== null) {
+        sendSelection(rows);
+      } else if (e.points) {
+        sendSelection(e.points.map(rowOf).filter(function (r) { return r !== null; }));
+      }
     });
     plotDiv.on("plotly_deselect", function () { sendSelection([]); });
     plotDiv.on("plotly_click", function (e) {
