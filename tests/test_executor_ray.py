@@ -25,7 +25,8 @@ from precompute.__main__ import main
 from tests.helpers import clone_cache, smoke_args
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.slow
+# the module fixture trains and runs every stage: on a loaded 2-core machine it can pass 600 s
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[1]
 
