@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import shapely.geometry
+from playwright.sync_api import expect
 from support import REPO, error_texts, map_frame, screenshot, wait_idle
 
 pytestmark = pytest.mark.browser
@@ -94,7 +95,7 @@ def test_an_area_selection_shows_its_gallery(page, app_url):
     gallery.first.wait_for(timeout=60_000)
     heading = page.locator("[data-testid=stMain] h3", has_text="Selection:")
     assert heading.inner_text().startswith(f"Selection: {n} images")  # the whole area
-    assert gallery.count() == min(n, 24)
+    expect(gallery).to_have_count(min(n, 24), timeout=60_000)  # Streamlit sends them one by one
     assert gallery.first.evaluate("i => i.complete && i.naturalWidth") > 0
     assert page.get_by_text("Object profile").is_visible()
     assert error_texts(page) == []
@@ -114,7 +115,7 @@ def test_cells_view_draws_hexagons_offline_and_the_geojson_downloads(page, app_u
     )
     heading = page.locator("[data-testid=stMain] h3", has_text="Cell ")
     heading.wait_for()
-    assert page.locator(".st-key-geo-gallery [data-testid=stImage] img").count() > 0
+    page.locator(".st-key-geo-gallery [data-testid=stImage] img").first.wait_for(timeout=60_000)
     assert error_texts(page) == []
     screenshot(page, "geography-cells")
     with page.expect_download() as info:
