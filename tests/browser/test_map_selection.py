@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from support import map_frame, wait_idle
 
 from cityviz.store import Cache
@@ -75,8 +76,19 @@ def pick(page, group: str, label: str):
 
 
 def colour_by(page, name: str):
-    page.locator("[data-testid=stSelectbox]").filter(has_text="Colour by").click()
-    page.get_by_role("option", name=name).click()
+    """Pick ``name`` in the "Colour by" select box (its list opens on a click on the box itself;
+    a click that lands while the page reruns may not open it, so try again)."""
+    box = page.locator("[data-testid=stSelectbox]").filter(has_text="Colour by")
+    option = page.get_by_role("option", name=name, exact=True)
+    for _ in range(5):
+        wait_idle(page)
+        box.click()
+        try:
+            option.wait_for(timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    option.click()
     wait_idle(page)
     return map_frame(page)
 
