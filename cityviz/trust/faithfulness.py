@@ -179,11 +179,7 @@ def deletion_curve(
     class whose probability is followed (usually the predicted city). ``fill`` and ``order``:
     module docstring. ``ValueError`` for a model in training mode or mismatched shapes.
     """
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError(f"x must be [1,3,H,W], got shape {tuple(x.shape)}")
-    probs = curve_probs(model, x, np.asarray(mask)[None], [int(target)], curve="deletion",
-                        order=order, steps=steps, fill=fill, seed=seed)  # fmt: skip
-    return fractions_of(steps), probs[0]
+    return _one_curve("deletion", model, x, mask, target, steps, fill, order, seed)
 
 
 def insertion_curve(
@@ -198,8 +194,13 @@ def insertion_curve(
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image's insertion curve (RISE), arguments and result as :func:`deletion_curve`."""
+    return _one_curve("insertion", model, x, mask, target, steps, fill, order, seed)
+
+
+def _one_curve(curve, model, x, mask, target, steps, fill, order, seed):
+    """One image's ``curve`` through the batched :func:`curve_probs`."""
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be [1,3,H,W], got shape {tuple(x.shape)}")
-    probs = curve_probs(model, x, np.asarray(mask)[None], [int(target)], curve="insertion",
+    probs = curve_probs(model, x, np.asarray(mask)[None], [int(target)], curve=curve,
                         order=order, steps=steps, fill=fill, seed=seed)  # fmt: skip
     return fractions_of(steps), probs[0]
