@@ -23,7 +23,7 @@ from cityviz.store import Cache, CacheError, thumb_location
 from cityviz.ui import geography as ug
 from cityviz.ui import map as um
 from cityviz.ui.safe_text import html_escape, md_escape
-from cityviz.ui.scatter import scatter_map, thumbs_component
+from cityviz.ui.scatter import scatter_map, thumb_args
 from pages.common import cache_mtime, current_cache, guard, model_labels, section
 
 MAP_HEIGHT = 600
@@ -81,29 +81,6 @@ def _export(root: str, mtime: float, model_id: str, threshold: float, fmt: str) 
     if cache.has_labels and cache.class_names() is not None:
         shares = _shares(root, mtime, model_id, threshold)
     return ug.to_geojson(frame, shares) if fmt == "geojson" else ug.to_csv(frame, shares)
-
-
-def _thumb_args(cache: Cache, model_id: str) -> dict | None:
-    layout = cache.thumbs
-    name = thumbs_component(cache.root) if layout else None
-    if not layout or name is None:
-        return None
-    have = set(layout.get("kinds", []))
-    kinds = [
-        [label, kind]
-        for label, kind in (
-            ("Original", "orig"),
-            ("Mask overlay", f"{model_id}/overlay"),
-            ("Explanation", f"{model_id}/expl"),
-        )
-        if kind in have
-    ]
-    return {
-        "component": name,
-        "size": int(layout["size"]),
-        "per_row": int(layout["per_row"]),
-        "kinds": kinds,
-    }
 
 
 def _threshold(cache: Cache) -> float:
@@ -207,7 +184,7 @@ def _points(cache, model_id, labels, bar, pts, color, tiles, valid, area) -> np.
     drag = bar.segmented_control(
         "Mouse drag", list(DRAG_MODES), default="Zoom", required=True, key="geo_drag"
     )
-    thumbs = _thumb_args(cache, model_id)
+    thumbs = thumb_args(cache, model_id)
     if thumbs is None:
         st.info("No thumbnails in this cache (run the `thumbs` stage): hovering shows text only.")
     view_key = f"geo|{model_id}|{area}"

@@ -17,7 +17,7 @@ from cityviz.segment import NO_SEGMENTER_MESSAGE
 from cityviz.store import Cache, CacheError, thumb_location
 from cityviz.ui import map as um
 from cityviz.ui.safe_text import html_escape, md_escape
-from cityviz.ui.scatter import scatter_map, thumbs_component
+from cityviz.ui.scatter import scatter_map, thumb_args
 from pages.common import cache_mtime, current_cache, guard, model_labels, section
 
 MAP_HEIGHT = 640
@@ -77,29 +77,6 @@ def _atlas(root: str, mtime: float, model_id: str, method: str, n: int) -> list[
 def _tiles(root: str, mtime: float, kind: str, rows: tuple[int, ...]) -> list[np.ndarray]:
     cache = Cache(root)
     return thumb_lib.crop_tiles(lambda s: cache.thumb_sheet(kind, s), list(rows))
-
-
-def _thumb_args(cache: Cache, model_id: str) -> dict | None:
-    layout = cache.thumbs
-    name = thumbs_component(cache.root) if layout else None
-    if not layout or name is None:
-        return None
-    have = set(layout.get("kinds", []))
-    kinds = [
-        [label, kind]
-        for label, kind in (
-            ("Original", "orig"),
-            ("Mask overlay", f"{model_id}/overlay"),
-            ("Explanation", f"{model_id}/expl"),
-        )
-        if kind in have
-    ]
-    return {
-        "component": name,
-        "size": int(layout["size"]),
-        "per_row": int(layout["per_row"]),
-        "kinds": kinds,
-    }
 
 
 def _profile_chart(profile: pd.DataFrame) -> go.Figure:
@@ -295,7 +272,7 @@ def _map(cache: Cache, mtime: float, labels: dict[str, str], bar, model_id: str)
     )
     show_labels = bar.toggle("Cluster labels", value=True, key="map_cluster_labels")
 
-    thumbs = _thumb_args(cache, model_id)
+    thumbs = thumb_args(cache, model_id)
     atlas = None
     if view == "Atlas":
         if thumbs is None:

@@ -54,3 +54,29 @@ def scatter_map(args: dict[str, Any], *, key: str) -> Any:
     """Draw the map (``args`` from :func:`cityviz.ui.map.payload`); returns the last selection
     sent by the browser (``{"rows": [...], "view": ...}``) or None."""
     return _scatter_component()(**args, key=key, default=None)
+
+
+def thumb_args(cache, model_id: str) -> dict | None:
+    """The scatter component's ``thumbs`` argument for ``model_id``: the cache's sprite-sheet
+    layout and the thumbnail kinds it holds (original, mask overlay, explanation), or None when
+    the cache has no thumbnails. ``cache``: a :class:`cityviz.store.Cache`."""
+    layout = cache.thumbs
+    name = thumbs_component(cache.root) if layout else None
+    if not layout or name is None:
+        return None
+    have = set(layout.get("kinds", []))
+    kinds = [
+        [label, kind]
+        for label, kind in (
+            ("Original", "orig"),
+            ("Mask overlay", f"{model_id}/overlay"),
+            ("Explanation", f"{model_id}/expl"),
+        )
+        if kind in have
+    ]
+    return {
+        "component": name,
+        "size": int(layout["size"]),
+        "per_row": int(layout["per_row"]),
+        "kinds": kinds,
+    }
