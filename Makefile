@@ -1,6 +1,10 @@
 # cityviz — the two commands a new user needs:
 #   make demo   build the embedded synthetic data set, precompute everything, serve the dashboard
-#   make test   lint + the whole test suite (unit, pipeline, AppTest, real browser)
+#   make test   lint + the test suite (unit, pipeline, AppTest, real browser) except the tests
+#               marked `scale`; about 15 minutes on a quiet 2-core CPU
+# and for the slow checks kept out of it:
+#   make test-slow   the tests marked `scale` (pytest -m scale): repeats of what `make test`
+#                    already proves, at a larger size or through another entry point
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +14,7 @@ PORT   ?= 8501
 HOST   ?= 127.0.0.1
 ARGS   ?=
 
-.PHONY: demo precompute serve test lint bench soak clean-cache
+.PHONY: demo precompute serve test test-slow lint bench soak clean-cache
 
 $(BIN)/.runtime: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +44,10 @@ lint: $(BIN)/.dev
 
 test: $(BIN)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not scale" $(ARGS)
+
+test-slow: $(BIN)/.dev
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m scale $(ARGS)
 
 bench: $(BIN)/.dev
 	$(BIN)/python -m bench.train

@@ -6,10 +6,12 @@ one discriminative object look alike), plus jitter and noise. Each fit includes 
 warm-up fit runs first so that one-off costs (imports, numba compilation in umap-learn) are
 reported separately and not charged to the first size.
 
-Two settings per method run interleaved, round after round, so that a change in machine load
-hits both alike: "old" (openTSNE's defaults: 250 + 500 iterations, Annoy neighbours; UMAP with
-its own pynndescent neighbours) and "new" (cityviz's defaults: :data:`cityviz.embed.TSNE_DEFAULTS`
-and exact sklearn neighbours). Per method, size and setting it prints the best and median wall
+The settings per method run interleaved, round after round, so that a change in machine load
+hits them alike: "old" (cityviz's settings before issue 10 goal 7: randomized PCA, openTSNE
+125 + 250 iterations, UMAP with a spectral initialisation and 200 epochs), "new" (cityviz's
+defaults: :data:`cityviz.embed.TSNE_DEFAULTS`, :data:`cityviz.embed.UMAP_DEFAULTS`) and, for
+UMAP only, "unseeded" (the new settings without a seed: umap-learn's parallel layout). Per
+method, size and setting it prints the best and median wall
 time, the best CPU time, the 1-NN accuracy of the latent cluster in the 2-D map, and the largest
 coordinate difference between rounds (same seed: 0 means reproducible).
 
@@ -28,12 +30,18 @@ import numpy as np
 from cityviz.embed import MaskEmbedder, masks_to_features
 
 
-def synthetic_masks(n: int, n_clusters: int = 12, size: int = 32, seed: int = 0):
-    """``(masks [n, size, size] float32, cluster [n])`` with cluster-dependent blob layouts."""
+def synthetic_masks(
+    n: int, n_clusters: int = 12, size: int = 32, seed: int = 0, layout_seed: int | None = None
+):
+    """``(masks [n, size, size] float32, cluster [n])`` with cluster-dependent blob layouts.
+
+    The clusters' layouts are drawn from ``layout_seed`` when given (so that slices made with
+    different ``seed`` share one set of clusters), else from ``seed`` like everything else."""
     rng = np.random.default_rng(seed)
-    n_blobs = rng.integers(1, 4, n_clusters)
-    centres = rng.uniform(0.15, 0.85, (n_clusters, 3, 2)) * size
-    widths = rng.uniform(0.06, 0.18, (n_clusters, 3)) * size
+    layout = rng if layout_seed is None else np.random.default_rng(layout_seed)
+    n_blobs = layout.integers(1, 4, n_clusters)
+    centres = layout.uniform(0.15, 0.85, (n_clusters, 3, 2)) * size
+    widths = layout.uniform(0.06, 0.18, (n_clusters, 3)) * size
     cluster = rng.integers(0, n_clusters, n)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     masks = np.zeros((n, size, size), dtype=np.float32)
@@ -64,11 +72,20 @@ def knn_accuracy(xy: np.ndarray, y: np.ndarray, n_eval: int = 2000, seed: int = 
 
 
 SETTINGS = {
+    # cityviz's settings before issue 10 goal 7: randomized PCA; openTSNE 125 + 250 iterations
+    # with grid cells one unit wide; UMAP with a spectral initialisation and 200 epochs.
     "old": {
-        "tsne": {"knn": "native", "early_exaggeration_iter": 250, "n_iter": 500},
-        "umap": {"knn": "native"},
+        "tsne": {
+            "pca_solver": "randomized",
+            "early_exaggeration_iter": 125,
+            "n_iter": 250,
+            "ints_in_interval": 1,
+        },
+        "umap": {"pca_solver": "randomized", "init": "spectral", "n_epochs": None},
     },
     "new": {"tsne": {}, "umap": {}},
+    # UMAP unseeded: umap-learn's parallel layout, a different map on every run.
+    "unseeded": {"umap": {"random_state": None}},
 }
 
 
@@ -87,10 +104,9 @@ def main() -> None:
     del masks
     for method in args.methods:
         for setting in args.settings:
+            if method not in SETTINGS[setting]:
+                continue
             kwargs = dict(SETTINGS[setting][method])
-            if method == "umap" and kwargs.get("knn") == "native":
-                # umap-learn switches to (separately compiled) NN-descent from 4096 points.
-                kwargs["force_approximation_algorithm"] = True
             start = time.perf_counter()
             MaskEmbedder(method, n_jobs=args.n_jobs, **kwargs).fit(features[:500])
             elapsed = time.perf_counter() - start
@@ -103,6 +119,8 @@ def main() -> None:
         for n in args.sizes:
             for method in args.methods:
                 for setting in args.settings:
+                    if method not in SETTINGS[setting]:
+                        continue
                     kwargs = SETTINGS[setting][method]
                     start, cpu = time.perf_counter(), time.process_time()
                     xy = MaskEmbedder(method, n_jobs=args.n_jobs, **kwargs).fit_transform(

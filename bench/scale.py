@@ -99,20 +99,45 @@ def executors(base: Path, cache: Path, rounds: int) -> None:
               f"{best['ray'] / best['local']:.2f} |")  # fmt: skip
 
 
-def embeddings(sizes: list[int]) -> None:
-    from bench.embed import synthetic_masks
+def embeddings(sizes: list[int], executor: str = "local", methods=("tsne", "umap")) -> None:
+    """PCA-50 -> t-SNE / UMAP of bench.embed's synthetic masks at each size, with cityviz's
+    defaults: above cityviz.embed.SAMPLE_ABOVE masks the map is fitted on a seeded sample of
+    SAMPLE_SIZE and the rest placed with the library's transform (issue 12 section 5). Prints
+    wall and CPU seconds, the process's peak RSS so far, the load average, and the map's 1-NN
+    accuracy of the latent cluster: over random points, and over placed points only."""
+    import numpy as np
+    from sklearn.neighbors import NearestNeighbors
+
+    from bench.embed import knn_accuracy, synthetic_masks
     from cityviz.embed import MaskEmbedder, masks_to_features
 
     for n in sizes:
-        masks, _ = synthetic_masks(n)
-        feats = masks_to_features(masks)
-        del masks
-        for method in ("tsne", "umap"):
+        feats, cluster = [], []
+        for start in range(0, n, 50_000):  # in slices: 1 M masks of 32 x 32 float32 are 4 GB
+            masks, c = synthetic_masks(min(50_000, n - start), seed=start + 1, layout_seed=0)
+            feats.append(masks_to_features(masks))
+            cluster.append(c)
+            del masks
+        X, y = np.concatenate(feats), np.concatenate(cluster)
+        del feats
+        for method in methods:
             load = os.getloadavg()[0]
             t0, c0 = time.perf_counter(), time.process_time()
-            MaskEmbedder(method=method).fit_transform(feats)
-            print(f"embed {method} at {n} masks: {time.perf_counter() - t0:.1f} s wall, "
-                  f"{time.process_time() - c0:.1f} s CPU (load {load:.1f})")  # fmt: skip
+            emb = MaskEmbedder(method=method, executor=executor).fit(X)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            xy = emb.embedding_
+            acc = knn_accuracy(xy, y)
+            placed = np.setdiff1d(np.arange(n), emb.sample_)
+            acc_placed = float("nan")
+            if len(placed):
+                sel = np.random.default_rng(0).choice(placed, min(2000, len(placed)), replace=False)
+                _, idx = NearestNeighbors(n_neighbors=2).fit(xy).kneighbors(xy[sel])
+                acc_placed = float((y[idx[:, 1]] == y[sel]).mean())
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"embed {method} at {n} masks ({executor}, fitted on {len(emb.sample_)}): "
+                  f"{wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.0f} MB, "
+                  f"1-NN {acc:.3f} (placed points {acc_placed:.3f}), load {load:.1f}",
+                  flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--embed-sizes", default="100000", help="comma-separated; '' to skip")
     p.add_argument("--skip-executors", action="store_true")
+    p.add_argument("--embed-executor", default="local", choices=("local", "ray"))
+    p.add_argument("--embed-methods", default="tsne,umap")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cityviz-scale-") as tmp:
         base = Path(tmp)
@@ -130,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"built the cache in {time.perf_counter() - t0:.0f} s")
             executors(base, cache, args.rounds)
     sizes = [int(s) for s in args.embed_sizes.split(",") if s.strip()]
-    embeddings(sizes)
+    embeddings(sizes, args.embed_executor, tuple(args.embed_methods.split(",")))
 
 
 if __name__ == "__main__":

@@ -39,8 +39,16 @@ class RunConfig:
     lr_step: int = 10
     lr_gamma: float = 0.1
     pretrained: bool = False
+    # autocast policy of training, predictions, Grad-CAM and (on CUDA) the segmenter
+    # (cityviz.models.train.amp_dtype): "auto" (bf16 on a CUDA GPU that supports it, else fp16;
+    # fp32 on a CPU, where bf16 is slower here), "fp32", "bf16" or "fp16". The CLI stores the
+    # resolved name, so a cache's identity says what ran
+    precision: str = "auto"
+    # DataLoader worker processes that decode and read image batches (cityviz.data.images.
+    # image_batches); 0 reads in the main process, the default for a 2-core machine. Results do
+    # not depend on it, so it is no part of any stage's identity
+    num_workers: int = 0
     # explanations
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast for training steps)
     cam_method: str = "gradcam"
     cam_target: str = "pred"  # "pred" (the paper) or "true"
     threshold: float = 0.5

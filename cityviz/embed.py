@@ -27,6 +27,8 @@ METHODS = ("tsne", "umap", "pca")
 KNN_MODES = ("auto", "exact", "native")
 _STATE_VERSION = 1
 _NN_CHUNK = 256
+# Rows per chunk when checking and projecting features (bounds temporary memory).
+_ROW_CHUNK = 65_536
 # Largest feature magnitude accepted: squares and sums of 1e15 stay far inside float64, and
 # PCA coordinates inside float32 (masks are in [0, 1]; anything near this is a bug upstream).
 MAX_ABS_FEATURE = 1e15
@@ -36,10 +38,32 @@ MIN_DISTINCT = {"tsne": 5, "umap": 5}
 # Up to this many points the nearest neighbours are exact (sklearn, brute force): O(N^2 D) but
 # BLAS-fast, deterministic, and free of pynndescent's numba compilation.
 EXACT_KNN_MAX = 50_000
-# openTSNE settings (Policar et al. 2024, JMLR 25(224)): the defaults with half the
-# iterations of each phase; at 30 000 synthetic masks the map's 1-NN accuracy is unchanged
-# (bench/embed.py) and the fit takes half the time.
-TSNE_DEFAULTS = {"perplexity": 30, "early_exaggeration_iter": 125, "n_iter": 250}
+# openTSNE settings (Policar et al. 2024, JMLR 25(224)): perplexity 30 and PCA initialisation
+# as in openTSNE's defaults; 100 + 150 iterations instead of 250 + 500, and FFT grid cells two
+# embedding units wide instead of one (``ints_in_interval``: a quarter of the grid points late
+# in the optimisation). At 30 000 synthetic masks the map's 1-NN accuracy is unchanged and the
+# fit takes half the CPU time (bench/embed.py).
+TSNE_DEFAULTS = {
+    "perplexity": 30,
+    "early_exaggeration_iter": 100,
+    "n_iter": 150,
+    "ints_in_interval": 2,
+}
+# umap-learn settings (McInnes et al. 2018, arXiv:1802.03426): 15 neighbours as in its defaults,
+# initialised from the first two principal components of its input (cheap: the input is already
+# PCA-50) instead of a spectral embedding of the neighbour graph (ARPACK, a fifth of the fit at
+# 30 000), and from UMAP_LARGE_AT points on UMAP_LARGE_EPOCHS epochs instead of 200. At 30 000
+# synthetic masks the map's 1-NN accuracy is unchanged (bench/embed.py).
+UMAP_DEFAULTS = {"n_neighbors": 15, "init": "pca"}
+UMAP_LARGE_AT = 10_000
+UMAP_LARGE_EPOCHS = 100
+# Above this many masks a map is fitted on a seeded sample of SAMPLE_SIZE masks and the others
+# are placed with the library's own ``transform`` (openTSNE ``TSNEEmbedding.transform``, UMAP
+# ``transform``), in chunks of CHUNK_SIZE masks (issue 12 section 5).
+SAMPLE_ABOVE = 50_000
+SAMPLE_SIZE = 20_000
+CHUNK_SIZE = 10_000
+EXECUTORS = ("local", "ray")
 
 
 # --------------------------------------------------------------------------- features
@@ -126,11 +150,19 @@ def _pca_layout(Z: np.ndarray) -> np.ndarray:
     return out
 
 
+def _unit_rms_params(Z: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(centre [D] float64, scale)``: the column means of ``Z`` and the RMS row norm of ``Z``
+    around them; needs two distinct rows (else ``scale`` is 0)."""
+    Z = Z.astype(np.float64)
+    centre = Z.mean(axis=0)
+    Z = Z - centre
+    return centre, float(np.sqrt(np.mean(np.einsum("ij,ij->i", Z, Z))))
+
+
 def _unit_rms(Z: np.ndarray) -> np.ndarray:
     """``Z`` (float64) centred and divided by its RMS row norm; needs two distinct rows."""
-    Z = Z.astype(np.float64)
-    Z = Z - Z.mean(axis=0)
-    return Z / np.sqrt(np.mean(np.einsum("ij,ij->i", Z, Z)))
+    centre, scale = _unit_rms_params(Z)
+    return (Z.astype(np.float64) - centre) / scale
 
 
 def exact_knn(Z: np.ndarray, k: int, n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -151,16 +183,73 @@ def _enable_umap_numba_cache() -> None:
     """Let numba cache umap-learn's uncached kernels on disk, so that only the first process
     compiles them (about 20 s) instead of every one. numba keeps its cache beside the module or,
     where that is read-only, in the user's cache directory (``NUMBA_CACHE_DIR`` overrides)."""
-    from umap import layouts, umap_
+    from umap import layouts, umap_, utils
 
     for fn in (
         umap_.smooth_knn_dist,
         umap_.compute_membership_strengths,
         layouts._nb_optimize_layout_euclidean_single_epoch,
+        # UMAP.transform of a small map (the sample route's tests, issue 12 section 5):
+        utils.fast_knn_indices,
+        utils.submatrix,
     ):
         if hasattr(fn, "enable_caching") and getattr(fn, "_cityviz_cached", False) is False:
             fn.enable_caching()
             fn._cityviz_cached = True
+
+
+def library_transform(model, method: str, U: np.ndarray) -> np.ndarray:
+    """Place the rows of ``U`` (float64 ``[M, d]``, scaled like the fitted points) on a fitted
+    library map with the library's own ``transform``: float64 ``[M, 2]``.
+
+    ``model``: an openTSNE ``TSNEEmbedding`` (``method="tsne"``; its ``transform`` optimises each
+    new point against the fitted map alone, Policar et al. 2024; it centres the map in place,
+    so it runs on a copy and the result is shifted back into the fitted map's frame) or a
+    fitted umap-learn ``UMAP`` (``method="umap"``; McInnes et al. 2018, section 4). Both are
+    deterministic for a fixed model and input."""
+    if method == "tsne":
+        import pickle
+
+        # A writable copy with openTSNE's attributes (deepcopy drops them; Ray's may be read-only).
+        emb = pickle.loads(pickle.dumps(model))
+        arr = np.asarray(emb, dtype=np.float64)
+        offset = (arr.max(axis=0) + arr.min(axis=0)) / 2
+        return np.asarray(emb.transform(U), dtype=np.float64) + offset
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*n_jobs value.*")
+        return np.asarray(model.transform(U), dtype=np.float64)
+
+
+def _place_with_ray(model, method: str, U: np.ndarray, bounds: list[tuple[int, int]]) -> np.ndarray:
+    """:func:`library_transform` of the chunks ``U[a:b]`` as a Ray Data ``map_batches`` (one
+    chunk per batch); the model and ``U`` travel once through Ray's object store. Ray is
+    imported only here."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "executor='ray' needs Ray: pip install -r requirements-scale.txt"
+        ) from exc
+    model_ref, u_ref = ray.put(model), ray.put(U)
+
+    def place(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        m, u = ray.get(model_ref), ray.get(u_ref)
+        rows, xys = [], []
+        for a, b in zip(batch["start"], batch["stop"], strict=True):
+            rows.append(np.arange(a, b, dtype=np.int64))
+            xys.append(library_transform(m, method, u[a:b]))
+        xy = np.concatenate(xys)
+        return {"row": np.concatenate(rows), "x": xy[:, 0], "y": xy[:, 1]}
+
+    ds = ray.data.from_items([{"start": a, "stop": b} for a, b in bounds])
+    placed = np.full((len(U), 2), np.nan)
+    for batch in ds.map_batches(place, batch_size=1, batch_format="numpy").iter_batches(
+        batch_format="numpy"
+    ):
+        placed[batch["row"], 0] = batch["x"]
+        placed[batch["row"], 1] = batch["y"]
+    return placed
 
 
 # --------------------------------------------------------------------------- embedder
@@ -174,6 +263,9 @@ class MaskEmbedder:
     "umap", or "pca" (first two principal components, for quick previews). ``n_pca`` is clipped
     to ``min(n_pca, N - 1, D)`` (at least 1). ``n_jobs`` and ``random_state`` go to the embedding
     (UMAP runs single-threaded when ``random_state`` is set, so that a seed gives one map).
+    ``pca_solver``: scikit-learn's ``svd_solver`` for the PCA, or "auto": "covariance_eigh"
+    (exact, deterministic, fastest) when there are at least twice as many masks as features,
+    else "randomized" above 2 000 masks and "full" below.
     ``knn``: how t-SNE / UMAP find nearest neighbours - "exact" (sklearn brute force:
     deterministic, no numba compilation), "native" (the library's own approximate search:
     Annoy for openTSNE, pynndescent for UMAP) or "auto" (exact up to :data:`EXACT_KNN_MAX`
@@ -182,6 +274,18 @@ class MaskEmbedder:
     Odd input: identical points are embedded once and share a position; fewer than
     :data:`MIN_DISTINCT` distinct points get their PCA layout (logged); a non-finite embedding
     falls back to the PCA layout too. So the fitted coordinates are always finite.
+
+    Large maps (issue 12 section 5): above ``sample_above`` masks (:data:`SAMPLE_ABOVE`; None:
+    never) PCA and the 2-D map are fitted on a seeded random sample of ``sample_size`` masks
+    (:data:`SAMPLE_SIZE`, drawn with ``random_state``), exactly as a direct fit on those masks
+    would be, and every other mask is placed with the library's own ``transform``
+    (openTSNE ``TSNEEmbedding.transform``, which optimises each new point against the fitted
+    map; umap-learn ``UMAP.transform``) in chunks of ``chunk_size`` masks, one after the other
+    (``executor="local"``) or as a Ray Data ``map_batches`` over the chunks
+    (``executor="ray"``; needs ``pip install -r requirements-scale.txt``; a running cluster is
+    used, else Ray starts a local one). ``sample_`` holds the sample's indices (every index
+    for a direct fit). For UMAP the sample fit keeps umap-learn's own neighbour search, whose
+    index ``UMAP.transform`` needs. Identical masks outside the sample share one placement.
 
     :meth:`transform` places new points without re-running the embedding: it projects them into
     the PCA space, finds the ``n_neighbors_transform`` nearest fitted points there and returns
@@ -200,14 +304,38 @@ class MaskEmbedder:
         n_neighbors_transform: int = 10,
         *,
         knn: str = "auto",
+        sample_above: int | None = SAMPLE_ABOVE,
+        sample_size: int = SAMPLE_SIZE,
+        chunk_size: int = CHUNK_SIZE,
+        executor: str = "local",
+        pca_solver: str = "auto",
         **method_kwargs,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if knn not in KNN_MODES:
             raise ValueError(f"knn must be one of {KNN_MODES}, got {knn!r}")
-        if int(n_pca) != n_pca or n_pca < 1:
-            raise ValueError(f"n_pca must be a positive integer, got {n_pca!r}")
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+        for name, value in (
+            ("n_pca", n_pca),
+            ("sample_size", sample_size),
+            ("chunk_size", chunk_size),
+        ):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if sample_above is not None and (
+            int(sample_above) != sample_above or sample_above < sample_size
+        ):
+            raise ValueError(
+                f"sample_above must be None or an integer >= sample_size ({sample_size}), "
+                f"got {sample_above!r}"
+            )
+        self.sample_above = None if sample_above is None else int(sample_above)
+        self.sample_size = int(sample_size)
+        self.chunk_size = int(chunk_size)
+        self.executor = executor
+        self.pca_solver = pca_solver
         self.method = method
         self.n_pca = int(n_pca)
         self.random_state = random_state
@@ -215,24 +343,87 @@ class MaskEmbedder:
         self.n_neighbors_transform = n_neighbors_transform
         self.knn = knn
         self.method_kwargs = method_kwargs
+        self._model = None
 
     # -- fitting ------------------------------------------------------------------------------
 
     def fit(self, X: np.ndarray) -> MaskEmbedder:
         """Fit PCA and the 2-D map to features ``X`` (``[N, D]``, e.g. :func:`masks_to_features`).
 
-        Sets ``embedding_`` (float32 ``[N, 2]``, always finite), ``fit_pca_``, ``pca_mean_`` and
-        ``pca_components_``. Raises ``ValueError`` when ``N = 0``, ``D = 0``, or ``X`` holds NaN,
-        infinite or huge (above :data:`MAX_ABS_FEATURE`) values.
+        Sets ``embedding_`` (float32 ``[N, 2]``, always finite), ``fit_pca_``, ``pca_mean_``,
+        ``pca_components_`` and ``sample_`` (int64 indices of the masks the map was fitted on;
+        see the class docstring for maps above ``sample_above`` masks). Raises ``ValueError``
+        when ``N = 0``, ``D = 0``, or ``X`` holds NaN, infinite or huge (above
+        :data:`MAX_ABS_FEATURE`) values; ``ImportError`` with the command to run for
+        ``executor="ray"`` without Ray.
         """
         X = self._check_features(X, fitted=False)
         n, d = X.shape
         if n == 0 or d == 0:
             raise ValueError(f"a map needs at least one mask with features, got shape {X.shape}")
+        if self.method != "pca" and self.sample_above is not None and n > self.sample_above:
+            return self._fit_sample(X)
         self._fit_pca(X, max(1, min(self.n_pca, n - 1, d)))
         self.fit_pca_ = self._project(X)
         self.embedding_ = self._embed(self.fit_pca_).astype(np.float32)
+        self.sample_ = np.arange(n, dtype=np.int64)
         return self
+
+    def _fit_sample(self, X: np.ndarray) -> MaskEmbedder:
+        """Fit on a seeded sample of ``sample_size`` rows, place the others (class docstring)."""
+        n = len(X)
+        rng = np.random.default_rng(self.random_state)
+        sample = np.sort(rng.choice(n, self.sample_size, replace=False)).astype(np.int64)
+        direct = MaskEmbedder(
+            self.method,
+            self.n_pca,
+            self.random_state,
+            self.n_jobs,
+            self.n_neighbors_transform,
+            # UMAP.transform needs umap-learn's own neighbour index.
+            knn="native" if self.method == "umap" else self.knn,
+            sample_above=None,
+            pca_solver=self.pca_solver,
+            **self.method_kwargs,
+        )
+        direct._keep_model = True
+        direct.fit(X[sample])
+        self.pca_mean_, self.pca_components_ = direct.pca_mean_, direct.pca_components_
+        self.fit_pca_ = self._project(X)
+        rest = np.ones(n, dtype=bool)
+        rest[sample] = False
+        xy = np.empty((n, 2), dtype=np.float32)
+        xy[sample] = direct.embedding_
+        xy[rest] = direct._place(self.fit_pca_[rest], self.chunk_size, self.executor)
+        self.embedding_ = xy
+        self.sample_ = sample
+        return self
+
+    def _place(self, Z: np.ndarray, chunk_size: int, executor: str) -> np.ndarray:
+        """float32 ``[M, 2]`` positions of PCA coordinates ``Z`` placed on this fitted map by the
+        library's ``transform`` (kept by a fit with ``_keep_model``); identical rows are placed
+        once. Without a library model (a map that fell back to the PCA layout) and for
+        non-finite placements, the inverse-distance-weighted rule of :meth:`transform`."""
+        out = np.empty((len(Z), 2), dtype=np.float32)
+        if len(Z) == 0:
+            return out
+        first, inverse = _distinct_rows(Z)
+        placed = np.full((len(first), 2), np.nan)
+        if self._model is not None:
+            U = (Z[first].astype(np.float64) - self._rms_centre) / self._rms_scale
+            if U.shape[1] < 2:
+                U = np.hstack([U, np.zeros((len(U), 1))])
+            bounds = [(a, min(a + chunk_size, len(U))) for a in range(0, len(U), chunk_size)]
+            if executor == "ray":
+                placed = _place_with_ray(self._model, self.method, U, bounds)
+            else:
+                for a, b in bounds:
+                    placed[a:b] = library_transform(self._model, self.method, U[a:b])
+        bad = ~np.isfinite(placed).all(axis=1)
+        if bad.any():
+            placed[bad] = self._idw(Z[first][bad])
+        out[:] = placed[inverse]
+        return out
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         """:meth:`fit`, then the fitted map's coordinates: float32 ``[N, 2]``."""
@@ -247,15 +438,30 @@ class MaskEmbedder:
             self.pca_mean_ = X[0].copy()
             self.pca_components_ = np.eye(n_components, X.shape[1])
             return
-        solver = "randomized" if X.shape[0] > 2000 and n_components < min(X.shape) // 2 else "full"
+        n, d = X.shape
+        if self.pca_solver != "auto":
+            solver = self.pca_solver
+        elif n >= 2 * d:
+            # Many more masks than features: eigenvectors of the D x D covariance matrix, exact,
+            # deterministic and the fastest (scikit-learn >= 1.5).
+            solver = "covariance_eigh"
+        elif n > 2000 and n_components < min(n, d) // 2:
+            solver = "randomized"
+        else:
+            solver = "full"
         pca = PCA(n_components=n_components, svd_solver=solver, random_state=self.random_state)
         pca.fit(X)
         self.pca_mean_ = pca.mean_.astype(np.float64)
         self.pca_components_ = pca.components_.astype(np.float64)
 
     def _project(self, X: np.ndarray) -> np.ndarray:
-        """PCA coordinates (float32); the same arithmetic for fitted and new points."""
-        return ((X.astype(np.float64) - self.pca_mean_) @ self.pca_components_.T).astype(np.float32)
+        """PCA coordinates (float32); the same arithmetic for fitted and new points, in chunks of
+        rows so that a million masks never need a float64 copy of all their features."""
+        out = np.empty((len(X), len(self.pca_components_)), dtype=np.float32)
+        for a in range(0, len(X), _ROW_CHUNK):
+            x = X[a : a + _ROW_CHUNK].astype(np.float64)
+            out[a : a + len(x)] = (x - self.pca_mean_) @ self.pca_components_.T
+        return out
 
     def _embed(self, Z: np.ndarray) -> np.ndarray:
         if self.method == "pca":
@@ -269,14 +475,17 @@ class MaskEmbedder:
                 self.method,
             )
             return _pca_layout(distinct)[inverse]
-        U = _unit_rms(distinct)
+        self._rms_centre, self._rms_scale = _unit_rms_params(distinct)
+        U = (distinct.astype(np.float64) - self._rms_centre) / self._rms_scale
         if U.shape[1] < 2:
             U = np.hstack([U, np.zeros((len(U), 1))])
-        xy = self._tsne(U) if self.method == "tsne" else self._umap(U)
-        xy = np.asarray(xy, dtype=np.float64)
+        model = self._tsne(U) if self.method == "tsne" else self._umap(U)
+        xy = np.asarray(model if self.method == "tsne" else model.embedding_, dtype=np.float64)
         if xy.shape != (len(U), 2) or not np.isfinite(xy).all():
             log.warning("%s gave non-finite coordinates; the map shows the PCA layout", self.method)
-            xy = _pca_layout(distinct)
+            return _pca_layout(distinct)[inverse]
+        if getattr(self, "_keep_model", False):
+            self._model = model
         return xy[inverse]
 
     def _use_exact_knn(self, n: int) -> bool:
@@ -292,15 +501,16 @@ class MaskEmbedder:
         kwargs.update(self.method_kwargs)
         # openTSNE needs 3 * perplexity < N neighbours; it would lower it itself, with a warning.
         kwargs["perplexity"] = min(float(kwargs["perplexity"]), (n - 1) / 3)
-        return np.asarray(TSNE(n_components=2, **kwargs).fit(U))
+        return TSNE(n_components=2, **kwargs).fit(U)
 
-    def _umap(self, U: np.ndarray) -> np.ndarray:
+    def _umap(self, U: np.ndarray):
         import umap
 
         _enable_umap_numba_cache()
         n = len(U)
         kwargs = {
-            "n_neighbors": 15,
+            **UMAP_DEFAULTS,
+            "n_epochs": UMAP_LARGE_EPOCHS if len(U) >= UMAP_LARGE_AT else None,
             # umap-learn is single-threaded when seeded, and warns unless told so.
             "n_jobs": self.n_jobs if self.random_state is None else 1,
             "random_state": self.random_state,
@@ -313,7 +523,7 @@ class MaskEmbedder:
         with warnings.catch_warnings():
             # Without pynndescent's index UMAP.transform is unavailable; cityviz never uses it.
             warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
-            return umap.UMAP(n_components=2, **kwargs).fit_transform(U)
+            return umap.UMAP(n_components=2, **kwargs).fit(U)
 
     # -- placing new points -------------------------------------------------------------------
 
@@ -323,11 +533,17 @@ class MaskEmbedder:
             raise ValueError(f"features must be [N, D], got shape {X.shape}")
         if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
             raise ValueError(f"features must be real numbers, got dtype {X.dtype}")
-        if not np.isfinite(X).all():
+        finite, biggest = True, 0.0
+        for a in range(0, len(X), _ROW_CHUNK):
+            x = X[a : a + _ROW_CHUNK]
+            finite = finite and bool(np.isfinite(x).all())
+            if finite and x.size:
+                biggest = max(biggest, float(np.abs(x).max()))
+        if not finite:
             raise ValueError(
                 "features contain NaN or infinite values; recompute or drop those masks first"
             )
-        if X.size and np.abs(X).max() > MAX_ABS_FEATURE:
+        if biggest > MAX_ABS_FEATURE:
             raise ValueError(
                 f"features exceed {MAX_ABS_FEATURE:g} in magnitude; normalise the masks "
                 "(cam.mask_norm) before embedding them"
@@ -345,7 +561,10 @@ class MaskEmbedder:
     def kneighbors(self, X_new: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest fitted points in PCA space: ``(dist [M, k], idx [M, k])``, nearest
         first (ties by index). ``k`` is clipped to the number of fitted points."""
-        Z = self._project(self._check_features(X_new)).astype(np.float64)
+        return self._kneighbors(self._project(self._check_features(X_new)), k)
+
+    def _kneighbors(self, Z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        Z = Z.astype(np.float64)
         ref = self.fit_pca_.astype(np.float64)
         k = max(1, min(int(k), len(ref)))
         ref_sq = np.einsum("ij,ij->i", ref, ref)
@@ -368,7 +587,14 @@ class MaskEmbedder:
         """2-D positions of new points: inverse-distance-weighted mean of their nearest fitted
         points' coordinates (see the class docstring). float32 ``[M, 2]``, finite; ``M = 0``
         gives ``[0, 2]``. Raises ``ValueError`` for features the fit would reject."""
-        dist, idx = self.kneighbors(X_new, self.n_neighbors_transform)
+        return self._idw(self._check_features(X_new), projected=False)
+
+    def _idw(self, X: np.ndarray, projected: bool = True) -> np.ndarray:
+        """:meth:`transform`'s rule for checked features (``projected=False``) or for PCA
+        coordinates (``projected=True``)."""
+        dist, idx = self._kneighbors(
+            X if projected else self._project(X), self.n_neighbors_transform
+        )
         exact = dist == 0.0
         # Weights d_min / d (the same ratios as 1 / d, but in (0, 1], so never inf / inf).
         with np.errstate(divide="ignore", invalid="ignore"):

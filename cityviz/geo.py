@@ -10,7 +10,6 @@ over the cell's images next to the city's own R_p^c. Pure functions: no Streamli
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import h3
@@ -56,8 +55,8 @@ def cells(
         raise ValueError(f"lat has {len(la)} values but lon has {len(lo)}")
     ok = np.isfinite(la) & np.isfinite(lo) & (np.abs(la) <= 90) & (np.abs(lo) <= 180)
     out = np.full(len(la), None, dtype=object)
-    for i in np.flatnonzero(ok):
-        out[i] = h3.latlng_to_cell(float(la[i]), float(lo[i]), res)
+    to_cell = h3.latlng_to_cell
+    out[ok] = [to_cell(a, b, res) for a, b in zip(la[ok].tolist(), lo[ok].tolist(), strict=True)]
     return out
 
 
@@ -140,50 +139,78 @@ def cell_profiles(
     if missing:
         raise ValueError(f"images lacks the column(s) {', '.join(sorted(missing))}")
     res = _resolution(resolution)
-    city_of = images.set_index("image_id")["city"]
-    cell_of = pd.Series(cells(images["lat"], images["lon"], res), index=images["image_id"])
-    cell_of = cell_of[cell_of.notna()]
-    if cell_of.empty or hist.empty:
+    img_cell = cells(images["lat"], images["lon"], res)
+    if hist.empty or not pd.notna(img_cell).any():
         return _empty()
+    # integer codes: cells and cities sorted by name, so code order is the output's sort order
+    cell_code, cell_ids = pd.factorize(img_cell, sort=True)  # -1: no cell
+    city_code, city_names = pd.factorize(images["city"], sort=True)  # -1: no city
+    n_cells, n_cities, n_classes = len(cell_ids), len(city_names), len(class_names)
+    hist_ids, hist_img = pd.factorize(hist["image_id"])  # few distinct ids: match those only
+    pos = pd.Index(images["image_id"]).get_indexer(hist_img)[hist_ids]  # -1: not in images
     counts = stats.hist_counts(hist)
-    rows = pd.DataFrame(
+    m_all = stats.explained_pixels(counts, threshold)
+    n_all = counts.sum(axis=1, dtype=np.int64)
+    cls_all = hist["class_id"].to_numpy(dtype=np.int64)
+    has_city = pos >= 0
+    has_city[has_city] = city_code[pos[has_city]] >= 0
+    img = pos[has_city]
+    cls, m, n = cls_all[has_city], m_all[has_city], n_all[has_city]
+    bad = (cls < 0) | (cls >= n_classes)
+    if bad.any():
+        raise ValueError(f"class_id {int(cls[bad][0])} has no name ({n_classes} class names)")
+    city = city_code[img]
+    # R_p^c of each (city, object) over all the city's images, located or not (eq. 1)
+    city_key = city * n_classes + cls
+    size = n_cities * n_classes
+    m_city = np.bincount(city_key, weights=m, minlength=size)
+    n_city = np.bincount(city_key, weights=n, minlength=size)
+    cell = cell_code[img]
+    here = cell >= 0
+    if not here.any():
+        return _empty()
+    # one group per (cell, city, object) present: np.unique sorts by cell, city, then class_id
+    keys, group = np.unique(
+        (cell[here] * n_cities + city[here]) * n_classes + cls[here], return_inverse=True
+    )
+    g_m = np.rint(np.bincount(group, weights=m[here], minlength=len(keys))).astype(np.int64)
+    g_n = np.rint(np.bincount(group, weights=n[here], minlength=len(keys))).astype(np.int64)
+    g_cls, cell_city = keys % n_classes, keys // n_classes
+    g_city, g_cell = cell_city % n_cities, cell_city // n_cities
+    loc_img = (cell_code >= 0) & (city_code >= 0)
+    n_img = np.bincount(
+        cell_code[loc_img] * n_cities + city_code[loc_img], minlength=n_cells * n_cities
+    )[cell_city]
+    cc_first = np.r_[True, cell_city[1:] != cell_city[:-1]]
+    cc_m = np.add.reduceat(g_m, np.flatnonzero(cc_first))[np.cumsum(cc_first) - 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(cc_m > 0, g_m / cc_m, np.nan)
+        rpc_cell = g_m / g_n
+        city_idx = g_city * n_classes + g_cls
+        rpc_city = m_city[city_idx] / n_city[city_idx]
+        lift = np.where(rpc_city > 0, rpc_cell / rpc_city, np.nan)
+    order = np.lexsort((g_cls, -g_m, g_city, g_cell))
+    centres = [cell_centre(c) for c in cell_ids]
+    rings = [cell_boundary(c) for c in cell_ids]
+    names = np.asarray(list(class_names), dtype=object)
+    g_cell, g_city, g_cls = g_cell[order], g_city[order], g_cls[order]
+    per = pd.DataFrame(
         {
-            "image_id": hist["image_id"].to_numpy(),
-            "class_id": hist["class_id"].to_numpy(dtype=np.int64),
-            "M": stats.explained_pixels(counts, threshold),
-            "N": counts.sum(axis=1, dtype=np.int64),
+            "cell": np.asarray(cell_ids, dtype=object)[g_cell],
+            "city": np.asarray(city_names, dtype=object)[g_city],
+            "object": names[g_cls],
+            "class_id": g_cls,
+            "n_images": n_img[order].astype(np.int64),
+            "M": g_m[order],
+            "N": g_n[order],
+            "mean_pixels": g_n[order] / n_img[order],
+            "share": share[order],
+            "rpc_cell": rpc_cell[order],
+            "rpc_city": rpc_city[order],
+            "lift": lift[order],
+            "lat": np.array([centres[c][0] for c in g_cell], dtype=np.float64),
+            "lon": np.array([centres[c][1] for c in g_cell], dtype=np.float64),
+            "boundary": [rings[c] for c in g_cell],
         }
     )
-    rows["cell"] = rows["image_id"].map(cell_of)
-    rows["city"] = rows["image_id"].map(city_of)
-    rows = rows[rows["cell"].notna() & rows["city"].notna()]
-    if rows.empty:
-        return _empty()
-    per = rows.groupby(["cell", "city", "class_id"], as_index=False, sort=True)[["M", "N"]].sum()
-    located = pd.DataFrame({"cell": cell_of.to_numpy(), "city": cell_of.index.map(city_of)})
-    n_img = located.groupby(["cell", "city"]).size()
-    per["n_images"] = [int(n_img[(c, k)]) for c, k in zip(per["cell"], per["city"], strict=True)]
-    per["object"] = [class_names[c] if 0 <= c < len(class_names) else None for c in per["class_id"]]
-    if per["object"].isna().any():
-        bad = int(per.loc[per["object"].isna(), "class_id"].iloc[0])
-        raise ValueError(f"class_id {bad} has no name ({len(class_names)} class names)")
-    per["M"] = per["M"].astype(np.int64)
-    per["N"] = per["N"].astype(np.int64)
-    per["mean_pixels"] = per["N"] / per["n_images"]
-    cell_m = per.groupby(["cell", "city"])["M"].transform("sum").astype(np.float64)
-    per["share"] = (per["M"] / cell_m).where(cell_m > 0)
-    per["rpc_cell"] = per["M"] / per["N"]
-    city_rpc = stats.rpc_table(hist, city_of, threshold, class_names)
-    rpc_city = city_rpc.set_index(["city", "class_id"])["rpc"]
-    per["rpc_city"] = [
-        float(rpc_city.get((k, c), math.nan))
-        for k, c in zip(per["city"], per["class_id"], strict=True)
-    ]
-    per["lift"] = (per["rpc_cell"] / per["rpc_city"]).where(per["rpc_city"] > 0)
-    centres = {c: cell_centre(c) for c in per["cell"].unique()}
-    per["lat"] = [centres[c][0] for c in per["cell"]]
-    per["lon"] = [centres[c][1] for c in per["cell"]]
-    rings = {c: cell_boundary(c) for c in centres}
-    per["boundary"] = [rings[c] for c in per["cell"]]
-    per = per.sort_values(["cell", "city", "M", "class_id"], ascending=[True, True, False, True])
-    return per[PROFILE_COLUMNS].reset_index(drop=True)
+    return per[PROFILE_COLUMNS]

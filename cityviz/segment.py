@@ -30,6 +30,10 @@ Default Hugging Face model: ``openmmlab/upernet-convnext-small``
       model of this architecture took ~17 s per 512x512 crop on a heavily loaded 2-core CPU
       (SegFormer-B0's architecture: ~2.8 s on the same machine), so real photo folders want a GPU
       (``device="auto"``) or patience; the synthetic set uses its own annotations instead.
+    * Precision: on CUDA the model runs under autocast (:func:`segmenter_amp_dtype`: bfloat16
+      where the GPU supports it, else float16, with ``precision="auto"``); on a CPU it stays
+      float32 whatever the precision (this CPU has no native bfloat16). Logits are upsampled and
+      compared in float32 either way.
 
     Rejected: ``nvidia/segformer-b{0,2}-finetuned-ade-512-512`` are smaller and faster, but their
     model cards say ``License: other`` (changed from apache-2.0 in August 2022) and the SegFormer
@@ -423,6 +427,22 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def segmenter_amp_dtype(device: str, precision: str) -> Any:
+    """The autocast dtype of the segmenter: :func:`cityviz.models.train.amp_dtype` on a CUDA
+    device (``"auto"``: ``torch.bfloat16`` where ``torch.cuda.is_bf16_supported()``, else
+    ``torch.float16``), and ``None`` (float32) on any other device whatever ``precision`` says.
+
+    Hugging Face's segmentation models run under ``torch.autocast`` on GPUs; on a CPU without
+    native bfloat16, such as this project's, autocast is emulated and slower (README, *On a
+    GPU*). Raises ``ValueError`` for an unknown precision."""
+    import torch
+
+    from cityviz.models.train import amp_dtype
+
+    dtype = amp_dtype(device, precision)  # checks the name on every device
+    return dtype if torch.device(device).type == "cuda" else None
+
+
 class HFSegmenter:
     """A Hugging Face ``AutoModelForSemanticSegmentation`` checkpoint (hub id or local directory).
 
@@ -433,6 +453,9 @@ class HFSegmenter:
     and ``do_pad`` off so it only rescales and normalises, and the logits are upsampled bilinearly
     (``align_corners=False``) back to the whole crop before the argmax. Both resizes map the
     crop's full extent onto the other's, so no pixel moves.
+
+    ``precision`` (:func:`segmenter_amp_dtype`): autocast on CUDA, float32 on a CPU; an unknown
+    one raises ``ValueError``. On CUDA the processor's output is pinned and copied asynchronously.
     """
 
     def __init__(
@@ -441,9 +464,11 @@ class HFSegmenter:
         device: str = "cpu",
         batch_size: int = 8,
         local_files_only: bool | None = None,
+        precision: str = "fp32",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.amp_dtype = segmenter_amp_dtype(resolve_device(device), precision)
         ref = str(Path(model).expanduser()) if _looks_like_path(model) else str(model)
         path = Path(ref)
         is_dir = path.is_dir()
@@ -539,13 +564,30 @@ class HFSegmenter:
                         f"into {tuple(pixel_values.shape[-2:])} with its resizing, cropping and "
                         "padding off, so its label maps could not be aligned with the crops"
                     )
-                logits = self.model(pixel_values=pixel_values.to(self.device)).logits
                 logits = F.interpolate(
-                    logits.float(), size=(h, w), mode="bilinear", align_corners=False
+                    self.logits(pixel_values), size=(h, w), mode="bilinear", align_corners=False
                 )
                 labels = logits.argmax(dim=1).cpu().numpy()
                 out[start : start + len(batch)] = labels.astype(self._dtype)
         return out
+
+    def logits(self, pixel_values: Any) -> Any:
+        """The model's logits ``float32 [B, C, h, w]`` (at its own output resolution, on the
+        segmenter's device) for the processor's ``pixel_values`` ``[B, 3, H, W]`` (CPU), run
+        under autocast with :attr:`amp_dtype` when it is set and cast back to float32."""
+        import torch
+
+        device = torch.device(self.device)
+        if device.type == "cuda":
+            pixel_values = pixel_values.pin_memory()
+        x = pixel_values.to(device, non_blocking=True)
+        dtype = self.amp_dtype
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
+            out = self.model(pixel_values=x).logits
+        return out.float()
 
 
 def _size_field(size: Any, key: str) -> int | None:
@@ -611,8 +653,12 @@ def segmenter_from_spec(
     device: str = "cpu",
     reduce_labels: bool = False,
     image_paths: Mapping[str, str | Path] | None = None,
+    precision: str = "fp32",
 ) -> Segmenter | None:
     """Build a segmenter from a CLI spec: ``annotations``, ``hf``, ``hf:<id-or-dir>`` or ``none``.
+
+    ``precision``: the Hugging Face model's autocast policy (:func:`segmenter_amp_dtype`: used on
+    CUDA only).
 
     ``label_paths``, ``class_names``, ``image_paths`` (image id → photo, for the label-size check)
     and ``reduce_labels`` (1-based label PNGs such as ADE20K's release: 0 → unlabelled,
@@ -645,10 +691,10 @@ def segmenter_from_spec(
             label_paths, class_names, reduce_labels=reduce_labels, image_paths=image_paths
         )
     if key == "hf":
-        return HFSegmenter(DEFAULT_HF_MODEL, device=device)
+        return HFSegmenter(DEFAULT_HF_MODEL, device=device, precision=precision)
     if key.startswith("hf:"):
         ref = s[3:].strip()
         if not ref:
             raise ValueError("--segmenter hf: needs a hub id or a directory after 'hf:'")
-        return HFSegmenter(ref, device=device)
+        return HFSegmenter(ref, device=device, precision=precision)
     raise ValueError(f"unknown segmenter spec {spec!r}; valid forms: {', '.join(SPEC_FORMS)}")

@@ -17,9 +17,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cityviz import thumbs as thumb_lib
 from cityviz.segment import NO_SEGMENTER_MESSAGE
-from cityviz.store import Cache, CacheError, thumb_location
+from cityviz.store import Cache
 from cityviz.ui import geography as ug
 from cityviz.ui import map as um
 from cityviz.ui.safe_text import html_escape, md_escape
@@ -30,6 +29,8 @@ MAP_HEIGHT = 600
 POINTS_KEY = "geo_points"
 DRAG_MODES = {"Zoom": "zoom", "Box select": "select", "Lasso": "lasso"}
 VIEWS = ("Points", "H3 cells")
+EXPORTS = (("GeoJSON", "geojson", "application/geo+json"), ("CSV with lat/lon", "csv", "text/csv"))
+"""The downloads: button label, format (file ending, :func:`_export`'s ``fmt``), MIME type."""
 
 
 @st.cache_resource(show_spinner="Reading the coordinates…", max_entries=8)
@@ -69,8 +70,8 @@ def _profiles(
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _tiles(root: str, mtime: float, kind: str, rows: tuple[int, ...]) -> list[np.ndarray]:
-    cache = Cache(root)
-    return thumb_lib.crop_tiles(lambda s: cache.thumb_sheet(kind, s), list(rows))
+    layout = Cache(root).thumbs
+    return um.read_tiles(root, kind, rows, size=int(layout["size"]), per_row=int(layout["per_row"]))
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -294,23 +295,8 @@ def _gallery(cache: Cache, mtime: float, model_id: str, frame: pd.DataFrame, row
         st.info("This cache has no thumbnails yet: run the `thumbs` stage of precompute.")
         return
     show = um.gallery_rows(rows, frame.set_index("row")["confidence"])
-    try:
-        tiles = _tiles(root, mtime, kind, tuple(int(r) for r in show))
-    except OSError as exc:
-        sheets = sorted({thumb_location(int(r), cache.thumbs["per_row"])[0] for r in show})
-        files = ", ".join(str(cache.thumb_sheet(kind, s)) for s in sheets)
-        raise CacheError(
-            f"The thumbnail sprite sheet {files} cannot be read ({exc}); rebuild it with "
-            f"`python -m precompute --cache {root} --force --stages thumbs`."
-        ) from exc
-    info = frame.set_index("row").loc[show]
-    captions = [  # st.image renders captions as Markdown
-        md_escape(r.city)
-        + ("" if r.correct else f" → {md_escape(r.pred_city)}")
-        + f" ({r.confidence:.0%})"
-        for r in info.itertuples()
-    ]
-    st.image(tiles, caption=captions, width=128)
+    tiles = _tiles(root, mtime, kind, tuple(int(r) for r in show))
+    st.image(tiles, caption=um.gallery_captions(frame, show), width=128)
     if len(show) < len(rows):
         st.caption(f"{len(show)} of {len(rows)} images, from most to least confident.")
 
@@ -357,25 +343,16 @@ def _exports(cache: Cache, mtime: float, model_id: str, n_located: int) -> None:
         "confidence and each object's share of the explanation (threshold "
         f"{threshold:g}), for QGIS, ArcGIS or a spreadsheet."
     )
-    cols = st.columns(2, width=520)
-    cols[0].download_button(
-        "GeoJSON",
-        functools.partial(_export, root, mtime, model_id, threshold, "geojson"),
-        file_name=f"cityviz-{model_id}.geojson",
-        mime="application/geo+json",
-        icon=":material/download:",
-        key="geo_export_geojson",
-        on_click="ignore",
-    )
-    cols[1].download_button(
-        "CSV with lat/lon",
-        functools.partial(_export, root, mtime, model_id, threshold, "csv"),
-        file_name=f"cityviz-{model_id}.csv",
-        mime="text/csv",
-        icon=":material/download:",
-        key="geo_export_csv",
-        on_click="ignore",
-    )
+    for col, (label, fmt, mime) in zip(st.columns(2, width=520), EXPORTS, strict=True):
+        col.download_button(
+            label,
+            functools.partial(_export, root, mtime, model_id, threshold, fmt),
+            file_name=f"cityviz-{model_id}.{fmt}",
+            mime=mime,
+            icon=":material/download:",
+            key=f"geo_export_{fmt}",
+            on_click="ignore",
+        )
 
 
 guard(main)

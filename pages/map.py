@@ -12,9 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cityviz import stats
-from cityviz import thumbs as thumb_lib
 from cityviz.segment import NO_SEGMENTER_MESSAGE
-from cityviz.store import Cache, CacheError, thumb_location
+from cityviz.store import Cache
 from cityviz.ui import map as um
 from cityviz.ui.safe_text import html_escape, md_escape
 from cityviz.ui.scatter import scatter_map, thumb_args
@@ -75,8 +74,8 @@ def _atlas(root: str, mtime: float, model_id: str, method: str, n: int) -> list[
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _tiles(root: str, mtime: float, kind: str, rows: tuple[int, ...]) -> list[np.ndarray]:
-    cache = Cache(root)
-    return thumb_lib.crop_tiles(lambda s: cache.thumb_sheet(kind, s), list(rows))
+    layout = Cache(root).thumbs
+    return um.read_tiles(root, kind, rows, size=int(layout["size"]), per_row=int(layout["per_row"]))
 
 
 def _profile_chart(profile: pd.DataFrame) -> go.Figure:
@@ -130,23 +129,8 @@ def _selection(
             st.info("This cache has no thumbnails yet: run the `thumbs` stage of precompute.")
         else:
             show = um.gallery_rows(rows, frame.set_index("row")["confidence"])
-            try:
-                tiles = _tiles(root, mtime, kind, tuple(int(r) for r in show))
-            except OSError as exc:
-                sheets = sorted({thumb_location(int(r), cache.thumbs["per_row"])[0] for r in show})
-                files = ", ".join(str(cache.thumb_sheet(kind, s)) for s in sheets)
-                raise CacheError(
-                    f"The thumbnail sprite sheet {files} cannot be read ({exc}); rebuild it with "
-                    f"`python -m precompute --cache {root} --force --stages thumbs`."
-                ) from exc
-            info = frame.set_index("row").loc[show]
-            captions = [  # st.image renders captions as Markdown
-                md_escape(r.city)
-                + ("" if r.correct else f" → {md_escape(r.pred_city)}")
-                + f" ({r.confidence:.0%})"
-                for r in info.itertuples()
-            ]
-            st.image(tiles, caption=captions, width=128)
+            tiles = _tiles(root, mtime, kind, tuple(int(r) for r in show))
+            st.image(tiles, caption=um.gallery_captions(frame, show), width=128)
             if len(show) < len(rows):
                 st.caption(f"{len(show)} of {len(rows)} images, from most to least confident.")
     with right, section("The object profile of the selection"):
@@ -210,24 +194,23 @@ def _exports(
         return
     ids = table["image_id"].tolist()[: um.ZIP_MAX_IMAGES]
     picked = [int(r) for r in table["test_row"].tolist()[: um.ZIP_MAX_IMAGES]]
-    per_row = int(cache.thumbs["per_row"])
-    size = int(cache.thumbs["size"])
-
-    def build() -> bytes:
-        tiles = thumb_lib.crop_tiles(
-            lambda s: cache.thumb_sheet(kind, s), picked, size=size, per_row=per_row
-        )
-        return um.thumbs_zip(tiles, picked, ids)
-
-    bar.download_button(
-        "Explanations as ZIP",
-        build,
-        file_name=f"explanations-{model_id}.zip",
-        mime="application/zip",
-        icon=":material/folder_zip:",
-        on_click="ignore",
-        key="map_export_zip",
-    )
+    # built in the script run, not as a deferred download: a sheet that cannot be read then
+    # gives its one-sentence message here instead of a download that silently fails
+    if bar.button("Explanations as ZIP", icon=":material/folder_zip:", key="map_export_zip"):
+        with section("The ZIP of the explanations"):
+            data = um.selection_zip(
+                cache.root, kind, picked, ids,
+                size=int(cache.thumbs["size"]), per_row=int(cache.thumbs["per_row"]),
+            )  # fmt: skip
+            bar.download_button(
+                f"Download the ZIP ({len(picked):,} PNGs)",
+                data,
+                file_name=f"explanations-{model_id}.zip",
+                mime="application/zip",
+                icon=":material/download:",
+                on_click="ignore",
+                key="map_export_zip_file",
+            )
     if len(table) > um.ZIP_MAX_IMAGES:
         bar.caption(f"The ZIP holds the first {um.ZIP_MAX_IMAGES:,} images of the selection.")
 

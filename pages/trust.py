@@ -134,16 +134,35 @@ def _pick(cache: Cache, display: dict[str, str]) -> tuple[str, str] | None:
     return model_id, method
 
 
+def _built(cache: Cache, name: str) -> pd.DataFrame | None:
+    """Trust table ``name``, or None with the "not built yet" note when its file is absent."""
+    table = _optional_table(cache, name)
+    if table is None:
+        st.info(ut.not_built_message(cache.root))
+    return table
+
+
+def _of_model(
+    cache: Cache, name: str, model_id: str, method: str, what: str
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Trust table ``name`` and its rows for ``model_id`` and ``method``; None, with a note
+    saying so, when the table is not built or has no such rows (``what`` names the check)."""
+    table = _built(cache, name)
+    if table is None:
+        return None
+    rows = table[(table["model_id"] == model_id) & (table["method"] == method)]
+    if rows.empty:
+        st.info(f"No {what} for this model and method.")
+        return None
+    return table, rows
+
+
 def _mprt_part(cache: Cache, model_id: str, method: str) -> None:
     st.subheader("Randomisation test")
-    mprt = _optional_table(cache, "mprt")
-    if mprt is None:
-        st.info(ut.not_built_message(cache.root))
+    found = _of_model(cache, "mprt", model_id, method, "randomisation test")
+    if found is None:
         return
-    rows = mprt[(mprt["model_id"] == model_id) & (mprt["method"] == method)]
-    if rows.empty:
-        st.info("No randomisation test for this model and method.")
-        return
+    mprt, rows = found
     st.plotly_chart(ut.mprt_figure(mprt, model_id, method), width="stretch")
     n = int(rows["n_images"].max())
     st.caption(f"{MPRT_GUIDE} {n} test images.")
@@ -151,13 +170,10 @@ def _mprt_part(cache: Cache, model_id: str, method: str) -> None:
 
 def _curves_part(cache: Cache, model_id: str, method: str) -> None:
     st.subheader("Deletion and insertion curves")
-    curves = _optional_table(cache, "curves")
-    if curves is None:
-        st.info(ut.not_built_message(cache.root))
+    found = _of_model(cache, "curves", model_id, method, "deletion or insertion curves")
+    if found is None:
         return
-    if curves[(curves["model_id"] == model_id) & (curves["method"] == method)].empty:
-        st.info("No deletion or insertion curves for this model and method.")
-        return
+    curves = found[0]
     auc = None
     with section("The AUC table"):
         auc = _optional_table(cache, "auc")
@@ -184,9 +200,8 @@ def _curves_part(cache: Cache, model_id: str, method: str) -> None:
 
 def _other_city_part(cache: Cache, display: dict[str, str]) -> None:
     st.subheader("Other-city test")
-    other = _optional_table(cache, "other_city")
+    other = _built(cache, "other_city")
     if other is None:
-        st.info(ut.not_built_message(cache.root))
         return
     st.dataframe(
         ut.other_city_table(other, display),
@@ -201,9 +216,8 @@ def _other_city_part(cache: Cache, display: dict[str, str]) -> None:
 
 def _removal_part(cache: Cache, display: dict[str, str]) -> None:
     st.subheader("Object removal: does painting an object out change the prediction?")
-    removal = _optional_table(cache, "removal")
+    removal = _built(cache, "removal")
     if removal is None:
-        st.info(ut.not_built_message(cache.root))
         return
     if removal.empty:
         st.info("The object-removal test found no object to remove (no segmentation?).")

@@ -136,7 +136,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="label PNGs are 1-based with 0 = 'other' (ADE20K's own release): shift them down",
     )
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="training precision")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast of training, predictions, Grad-CAM and (on CUDA) the segmenter; auto "
+        "(default): bf16 on a GPU that supports it, else fp16; fp32 on a CPU",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        metavar="N",
+        help="DataLoader processes that decode and read image batches (default 0: this process; "
+        "the results do not depend on it)",
+    )
     p.add_argument("--cam-method", choices=["gradcam", "gradcam++", "hirescam", "layercam"])
     p.add_argument("--threshold", type=float, help="explanation threshold (default 0.5)")
     p.add_argument("--max-images-per-city", type=int)
@@ -184,6 +196,7 @@ _OVERRIDES = {
     "segmenter": "segmenter",
     "reduce_labels": "reduce_labels",
     "precision": "precision",
+    "num_workers": "num_workers",
     "cam_method": "cam_method",
     "threshold": "threshold",
     "max_images_per_city": "max_images_per_city",
@@ -248,6 +261,14 @@ def build_config_with_sources(
         overrides["input_sizes"] = {}
         sources["input_sizes"] = "--image-size"
     cfg = cfg.replace(**overrides)
+    if cfg.precision == "auto":  # stored resolved: a cache's identity says what ran
+        from cityviz.models.train import resolve_precision
+
+        if cuda is None:
+            cuda = args.device != "cpu" and _cuda_available()
+        where = "cuda" if cuda else "cpu"
+        cfg = cfg.replace(precision=resolve_precision(where, "auto"))
+        sources["precision"] = f"{sources.get('precision', 'default')}: auto on {where}"
     if cfg.data != "synthetic":
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
     return cfg, sources

@@ -33,7 +33,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "train": ("epochs", "batch_size", "lr", "lr_step", "lr_gamma", "pretrained", "precision"),
     "cams": ("cam_method", "cam_target", "shard_size"),
-    "segment": ("segmenter", "reduce_labels", "shard_size"),
+    "segment": ("segmenter", "reduce_labels", "shard_size", "precision"),
     "stats": (
         "threshold",
         "n_bins",

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from cityviz import cam, embed, ood, stats, thumbs
 from cityviz.config import RunConfig, model_id
 from cityviz.data import synth
-from cityviz.data.datasets import CityDataset, grouped_split, load_dataset, load_uint8_batch
+from cityviz.data.datasets import CityDataset, grouped_split, load_dataset
+from cityviz.data.images import image_batches
 from cityviz.models.archs import get_arch
 from cityviz.models.checkpoint import load_checkpoint, save_checkpoint
 from cityviz.models.distributed import train_distributed
@@ -267,9 +268,10 @@ def stage_data(ctx: Context) -> None:
             paths = df.loc[df["split"] == split].sort_values("split_row")["path"].tolist()
             arr = np.zeros((len(paths), size, size, 3), np.uint8)
             bar = ctx.bar(len(paths), f"decode {split} {size} px")
-            for start in range(0, len(paths), 256):
-                batch = paths[start : start + 256]
-                arr[start : start + len(batch)] = load_uint8_batch(batch, size)
+            start = 0
+            for batch in image_batches(paths, 256, size=size, num_workers=cfg.num_workers):
+                arr[start : start + len(batch)] = batch.numpy()
+                start += len(batch)
                 bar.update(len(batch))
             bar.close()
             store.save_array(rel, arr)
@@ -340,7 +342,14 @@ def stage_train(ctx: Context) -> None:
                 )
             acc, cms = {}, {}
             for split in SPLITS:
-                pred = predict(result.model, arch, ctx.inputs(split, size), ctx.device).argmax(1)
+                pred = predict(
+                    result.model,
+                    arch,
+                    ctx.inputs(split, size),
+                    ctx.device,
+                    precision=cfg.precision,
+                    num_workers=cfg.num_workers,
+                ).argmax(1)
                 acc[split] = float((pred == labels[split]).mean()) if len(pred) else float("nan")
                 cms[split] = confusion(labels[split], pred, len(cities)).tolist()
             meta = {
@@ -453,6 +462,7 @@ def build_segmenter(
         class_names=ds.class_names,
         device=str(device),
         reduce_labels=cfg.reduce_labels,
+        precision=cfg.precision,
     )
     if check and isinstance(segmenter, AnnotationSegmenter):
         segmenter.check_labels()  # every label map fits the class names, before any training
@@ -666,7 +676,11 @@ def stage_embed(ctx: Context) -> None:
         )
         frame = pd.DataFrame({"image_id": ids, "row": test_df["row"].to_numpy()})
         for method in cfg.embed_methods:
-            emb = embed.MaskEmbedder(method=method, n_pca=cfg.n_pca, random_state=0)
+            # above embed.SAMPLE_ABOVE masks: fitted on a sample, the rest placed (on Ray with
+            # --executor ray)
+            emb = embed.MaskEmbedder(
+                method=method, n_pca=cfg.n_pca, random_state=0, executor=ctx.executor.name
+            )
             xy = emb.fit_transform(feats)
             frame[f"{method}_x"], frame[f"{method}_y"] = xy[:, 0], xy[:, 1]
             save_arrays(store.path(f"embed/{mid}_{method}.npz"), **emb.state_dict())

@@ -116,6 +116,7 @@ def check_model(
     device: torch.device,
     model_id: str,
     probs_before: np.ndarray | None = None,
+    precision: str = "fp32",
     tick=lambda: None,
 ) -> tuple[dict[str, pd.DataFrame], dict]:
     """Every check of one model: its five tables and its verdict (module docstring).
@@ -123,8 +124,9 @@ def check_model(
     ``images``: the test images at the model's input size, uint8 [N,P,P,3]; ``explained``: the
     class each cached CAM explains [N]; ``truth``: the true city index [N]; ``labels``: label
     maps [N,S,S] at the cache's size ``size`` (or None); ``probs_before`` [N,C]: the cache's
-    predicted probabilities of the test images (predicted again when None); ``tick()`` is
-    called after each check.
+    predicted probabilities of the test images (predicted again when None); ``precision``: the
+    run's resolved precision (:func:`cityviz.models.train.amp_dtype`), so that re-predictions
+    match the cache's; ``tick()`` is called after each check.
     """
     rows = sample_rows(truth, sample)
     x = normalize(torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2)
@@ -153,9 +155,9 @@ def check_model(
     tick()
     if labels is not None and class_names is not None:
         removal_df = removal.removal_table(
-            lambda imgs: predict(model, arch, imgs, device), images, labels, truth, cities,
-            class_names, min_pixels=min_pixels, max_images=removal_max, n_boot=n_boot,
-            model_id=model_id, probs_before=probs_before)  # fmt: skip
+            lambda imgs: predict(model, arch, imgs, device, precision=precision), images, labels,
+            truth, cities, class_names, min_pixels=min_pixels, max_images=removal_max,
+            n_boot=n_boot, model_id=model_id, probs_before=probs_before)  # fmt: skip
     else:
         removal_df = pd.DataFrame(columns=list(removal.COLUMNS))
     tick()
@@ -215,7 +217,7 @@ def stage_trust(ctx) -> None:
             size=ctx.size, sample=max(1, cfg.trust_sample), steps=max(1, cfg.trust_steps),
             removal_max=max(1, cfg.trust_removal_max), min_pixels=cfg.min_pixels,
             n_boot=cfg.bootstrap, device=ctx.device, model_id=mid, probs_before=_probs(p),
-            tick=lambda: bar.update(1))  # fmt: skip
+            precision=cfg.precision, tick=lambda: bar.update(1))  # fmt: skip
         for name, table in tables.items():
             save_table(_part(store, mid, name), table)
         atomic_write_json(_part(store, mid, "verdict", ".json"), result)

@@ -19,6 +19,7 @@ import torch
 from cityviz import cam, stats
 from cityviz.config import RunConfig
 from cityviz.data.datasets import CityDataset
+from cityviz.data.images import image_batches
 from cityviz.models.checkpoint import load_checkpoint
 from cityviz.segment import Segmenter
 from cityviz.store import inputs_rel, read_table, save_array, save_arrays
@@ -35,13 +36,21 @@ def cam_shard(
 
     Returns ``cams`` float32 [N, h, w] (the model's last conv resolution, before upsampling),
     ``probs`` float32 [N, C] and ``target`` int64 [N] (the class each map explains: the
-    prediction, or the true city with ``cfg.cam_target == "true"``).
+    prediction, or the true city with ``cfg.cam_target == "true"``). Batches of
+    ``cfg.batch_size`` rows come through :func:`cityviz.data.images.image_batches`
+    (``cfg.num_workers`` reader processes; pinned memory and asynchronous copies on CUDA) and
+    are explained at the explainer's precision.
     """
     cams, probs, target = [], [], []
-    for start in range(rows.start, rows.stop, cfg.batch_size):
-        stop = min(start + cfg.batch_size, rows.stop)
+    batches = image_batches(test[rows], cfg.batch_size, device=explainer.device,
+                            num_workers=cfg.num_workers)  # fmt: skip
+    start = rows.start
+    for batch in batches:
+        stop = start + len(batch)
         want = torch.from_numpy(truth[start:stop]).long() if cfg.cam_target == "true" else None
-        res = explainer(test[start:stop], target=want, method=cfg.cam_method)
+        x = batch.to(explainer.device, non_blocking=True).permute(0, 3, 1, 2)
+        res = explainer(x, target=want, method=cfg.cam_method)
+        start = stop
         cams.append(res.cams.cpu().numpy().astype(np.float32))
         probs.append(res.probs.detach().cpu().numpy().astype(np.float32))
         target.append(res.target.cpu().numpy())
@@ -78,7 +87,7 @@ class CamWorker:
         mid = entry["model_id"]
         if self._loaded is None or self._loaded[0] != mid:
             model, meta = load_checkpoint(self.root / entry["checkpoint"], self.device)
-            explainer = cam.Explainer(model, meta["arch"], self.device)
+            explainer = cam.Explainer(model, meta["arch"], self.device, self.cfg.precision)
             rel = inputs_rel("test", int(meta["input_size"]), self.cfg.image_size)
             test = np.load(self.root / rel, mmap_mode="r")
             self._loaded = (mid, explainer, test)
@@ -98,7 +107,10 @@ class CamWorker:
 class SegmentWorker:
     """Writes ``parts/segment/labels-<shard>.npy`` (uint8/int label maps of the test rows) for
     jobs ``{unit, start, stop, out}``, with the run's segmenter loaded once (or the one already
-    loaded by the run's checks, in this process)."""
+    loaded by the run's checks, in this process). The rows are read through
+    :func:`cityviz.data.images.image_batches` (``cfg.num_workers`` reader processes) in batches
+    of the segmenter's own ``batch_size`` when it has one (so a model sees the batches it saw
+    when given the whole shard), else of ``cfg.batch_size``."""
 
     def __init__(
         self,
@@ -112,7 +124,7 @@ class SegmentWorker:
         from precompute.stages import build_segmenter
 
         _set_threads(threads)
-        self.root = Path(root)
+        self.root, self.cfg = Path(root), cfg
         self.segmenter = segmenter or build_segmenter(
             cfg, dataset, torch.device(device), check=False
         )
@@ -123,9 +135,15 @@ class SegmentWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for start, stop, out in zip(batch["start"], batch["stop"], batch["out"], strict=True):
-            rows = slice(int(start), int(stop))
-            labels = self.segmenter.segment(np.asarray(self.test[rows]), self.ids[rows])
-            save_array(str(out), labels)
+            ids = self.ids[int(start) : int(stop)]
+            parts = []
+            size = int(getattr(self.segmenter, "batch_size", None) or self.cfg.batch_size)
+            batches = image_batches(self.test[int(start) : int(stop)], size,
+                                    num_workers=self.cfg.num_workers)  # fmt: skip
+            for images in batches:
+                n = sum(len(p) for p in parts)
+                parts.append(self.segmenter.segment(images.numpy(), ids[n : n + len(images)]))
+            save_array(str(out), np.concatenate(parts))
         return {"unit": batch["unit"]}
 
 

@@ -246,6 +246,84 @@ def test_matches_float64_paper_formulas_at_every_gradient_scale(models, arch, me
     assert diff.max() < 1e-4
 
 
+def _paper_cam_f64(a64, head64, target, method, scale) -> torch.Tensor:
+    """:func:`paper_reference_f64` from given float64 activations ``a64`` and a float64 head."""
+    a = a64.clone().requires_grad_()
+    (g,) = torch.autograd.grad((head64(a) * scale).gather(1, target[:, None]).sum(), a)
+    a = a.detach()
+    if method == "gradcam":
+        cam = torch.einsum("bk,bkhw->bhw", g.mean((2, 3)), a)
+    elif method == "hirescam":
+        cam = (g * a).sum(1)
+    elif method == "layercam":
+        cam = (torch.relu(g) * a).sum(1)
+    else:
+        g2, g3 = g**2, g**3
+        denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g3
+        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1.0), 0.0)
+        cam = torch.einsum("bk,bkhw->bhw", (alpha * torch.relu(g)).sum((2, 3)), a)
+    return torch.relu(cam)
+
+
+@pytest.mark.parametrize("arch", ["simple", "resnet18"])
+@pytest.mark.parametrize("method", METHODS)
+def test_under_bf16_everything_after_the_trunk_is_float32_and_exact(models, arch, method):
+    """bf16 autocast changes only the trunk's activations: from those (cast to float64), the
+    paper's formulas in float64 — Grad-CAM++'s alpha in the printed form of eq. 19 — give our
+    CAMs to float32 accuracy, with gradients scaled ×1e-6 (~1e-10…1e-13 here: float16 would
+    flush them to zero, bfloat16 keep ~3 digits)."""
+    scale = 1e-6
+    model = models[arch]
+    x = normalize(images(3, seed=7), arch)
+    target = torch.tensor([0, 2, 4])
+    trunk, head = split_model(model, arch)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a16 = trunk(x)
+    assert a16.dtype == torch.bfloat16
+    head64 = split_model(copy.deepcopy(model).double(), arch)[1]
+    ref = _paper_cam_f64(a16.double(), head64, target, method, scale)
+    assert ref.amax() > 0
+    scaled = ScaledHead(head, scale).eval()
+    ours = compute_cams(trunk, scaled, x, target=target, method=method, precision="bf16")
+    assert ours.cams.dtype == torch.float32
+    torch.testing.assert_close(ours.cams.double(), ref, rtol=1e-4, atol=1e-5 * float(ref.amax()))
+
+
+# Stated tolerances of bf16 against fp32 (random-weight networks, 64 px): largest per-pixel
+# difference of the normalised masks. ResNet18's head is linear, so G does not depend on the
+# activations and every method stays within 0.05 (0.02 measured). Simple's head is a 4096-unit
+# ReLU classifier whose gradient flips with the bf16 rounding of its input (rounding A alone
+# moves G by 7 %): Grad-CAM++ stays within 0.1 (0.04 measured); Grad-CAM, HiResCAM and LayerCAM
+# moved by up to 0.25, 0.47 and 0.21 on random-weight Simple networks, so they are not bounded
+# here (README, *On a GPU*).
+BF16_MASK_TOLERANCE = {("resnet18", m): 0.05 for m in METHODS} | {("simple", "gradcam++"): 0.1}
+
+
+@pytest.mark.parametrize(("arch", "method"), sorted(BF16_MASK_TOLERANCE))
+def test_bf16_masks_stay_near_fp32_masks_and_predictions_agree(models, arch, method) -> None:
+    model = models[arch]
+    trunk, head = split_model(model, arch)
+    x = normalize(images(8, seed=5), arch)
+    fp32 = compute_cams(trunk, head, x, method=method)
+    bf16 = compute_cams(trunk, head, x, target=fp32.target, method=method, precision="bf16")
+    assert not torch.equal(fp32.cams, bf16.cams)  # autocast did run
+    diff = np.abs(mask_norm(fp32.cams, SIZE) - mask_norm(bf16.cams, SIZE))
+    assert diff.max() <= BF16_MASK_TOLERANCE[arch, method], diff.max()
+    own = compute_cams(trunk, head, x, method=method, precision="bf16")
+    assert (own.target == fp32.target).float().mean() >= 0.75
+    assert float((own.probs - fp32.probs).abs().max()) < 0.02
+
+
+def test_explainer_precision_is_used_and_checked(models) -> None:
+    chw = images(2, seed=4)
+    fp32 = Explainer(models["resnet18"], "resnet18")(chw, method="gradcam++")
+    bf16 = Explainer(models["resnet18"], "resnet18", precision="bf16")(chw, method="gradcam++")
+    assert bf16.cams.dtype == torch.float32 and not torch.equal(bf16.cams, fp32.cams)
+    assert np.abs(mask_norm(bf16.cams, SIZE) - mask_norm(fp32.cams, SIZE)).max() < 0.05
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Explainer(models["resnet18"], "resnet18", precision="half")
+
+
 def test_gradcampp_where_activations_sum_below_zero() -> None:
     """A non-ReLU target layer: Σ_hw A_k < 0. Channel 0 (Σ A = -1) with G = 1 everywhere has
     alpha = 1 / (2 - 1) = 1 per pixel, w_0 = 4; channel 1 (Σ A = -0.5) with G = 4 has
@@ -271,15 +349,20 @@ class GradModeRecorder(nn.Module):
         return self.inner(x)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("arch", ["resnet18", "simple"])
-def test_no_parameter_grads_and_no_trunk_graph(models, arch: str) -> None:
+def test_no_parameter_grads_and_no_trunk_graph(models, arch: str, precision: str) -> None:
+    """The speed trick (the trunk without autograd, only the head differentiated, and only
+    with respect to its input) holds under autocast too, and every output is float32."""
     model = models[arch]
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
     trunk, head = split_model(model, arch)
     recorder = GradModeRecorder(trunk)
     for method in METHODS:
-        res = compute_cams(recorder, head, normalize(images(2, seed=3), arch), method=method)
+        x = normalize(images(2, seed=3), arch)
+        res = compute_cams(recorder, head, x, method=method, precision=precision)
         assert res.cams.grad_fn is None and res.logits.grad_fn is None
+        assert res.cams.dtype == res.logits.dtype == res.probs.dtype == torch.float32
     assert recorder.grad_enabled == [False] * len(METHODS)
     assert all(p.grad is None for p in model.parameters())
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())

@@ -68,6 +68,7 @@ def test_bad_process_counts_are_refused_before_any_work(tmp_path, caplog):
         train_distributed(1, "simple", 0, "x.npy", np.zeros(1), "v.npy", np.zeros(1), 2, epochs=1)
 
 
+@pytest.mark.scale  # `make test-slow`: the same 2-process gloo training as above, via the CLI
 def test_the_train_stage_runs_distributed(tmp_path):
     cache = tmp_path / "cache"
     args = smoke_args(cache, tmp_path / "data", "--archs", "simple", "--seeds", "0",

@@ -220,3 +220,84 @@ def test_umap_kernels_are_cached_on_disk(blobs):
         layouts._nb_optimize_layout_euclidean_single_epoch,
     ):
         assert not isinstance(fn._cache, NullCache), fn.__name__
+
+
+def test_pca_of_many_masks_uses_the_covariance_eigenvectors():
+    """N >= 2 D: PCA from the eigenvectors of the covariance (scikit-learn's covariance_eigh),
+    checked against numpy's float64 eigendecomposition (up to each component's sign)."""
+    rng = np.random.default_rng(7)
+    X = rng.random((400, 12)) @ rng.random((12, 12))
+    emb = MaskEmbedder("pca", n_pca=3).fit(X)
+    w, v = np.linalg.eigh(np.cov(X, rowvar=False))
+    ref = v[:, np.argsort(w)[::-1][:3]].T
+    np.testing.assert_allclose(np.abs((emb.pca_components_ * ref).sum(axis=1)), 1.0, atol=1e-9)
+    np.testing.assert_allclose(emb.pca_mean_, X.mean(axis=0), atol=1e-12)
+
+
+# --------------------------------------------------------------------------- large maps
+
+
+ROUTE = {"sample_above": 200, "sample_size": 150, "chunk_size": 64}
+
+
+@pytest.fixture(scope="module", params=["tsne", "umap"])
+def route_fit(request, blobs):
+    """A map above ``sample_above``: 300 blob masks plus 30 exact duplicates of the first 30."""
+    X, family = blobs
+    X = np.concatenate([X, X[:30]])
+    family = np.concatenate([family, family[:30]])
+    emb = MaskEmbedder(request.param, n_pca=20, n_jobs=1, **ROUTE).fit(X)
+    return request.param, X, family, emb
+
+
+def test_large_map_fits_a_seeded_sample_like_a_direct_fit(route_fit):
+    method, X, _, emb = route_fit
+    s = emb.sample_
+    assert emb.embedding_.shape == (330, 2) and np.isfinite(emb.embedding_).all()
+    assert len(s) == 150 and (np.diff(s) > 0).all() and s.min() >= 0 and s.max() < 330
+    assert emb.fit_pca_.shape == (330, 20)
+    # The sample's coordinates are those of a direct fit on the sample's masks.
+    direct = MaskEmbedder(
+        method, n_pca=20, n_jobs=1, sample_above=None, knn="native" if method == "umap" else "auto"
+    ).fit(X[s])
+    np.testing.assert_array_equal(emb.embedding_[s], direct.embedding_)
+    np.testing.assert_array_equal(direct.sample_, np.arange(150))
+
+
+def test_large_map_places_the_rest_in_their_family(route_fit):
+    """1-NN accuracy of the placed masks (their nearest fitted mask on the map) is close to the
+    fitted masks' own leave-one-out 1-NN accuracy."""
+    _, _, family, emb = route_fit
+    s, xy = emb.sample_, emb.embedding_
+    rest = np.setdiff1d(np.arange(len(xy)), s)
+    fitted_acc = one_nn_accuracy(xy[s], family[s])
+    d = ((xy[rest][:, None, :] - xy[s][None, :, :]) ** 2).sum(axis=2)
+    placed_acc = float((family[s][d.argmin(axis=1)] == family[rest]).mean())
+    assert fitted_acc > 0.9 and placed_acc >= fitted_acc - 0.05, (fitted_acc, placed_acc)
+
+
+def test_large_map_places_identical_masks_once(route_fit):
+    _, _, _, emb = route_fit
+    in_sample = np.isin(np.arange(330), emb.sample_)
+    both_placed = [i for i in range(30) if not in_sample[i] and not in_sample[300 + i]]
+    assert both_placed, "the fixture should leave some duplicate pairs outside the sample"
+    np.testing.assert_array_equal(
+        emb.embedding_[both_placed], emb.embedding_[[300 + i for i in both_placed]]
+    )
+
+
+@pytest.mark.scale  # starting Ray takes 20 s to 2 min of both cores: `make test-slow`
+def test_large_map_over_ray_equals_the_local_placement(route_fit):
+    ray = pytest.importorskip("ray")
+    method, X, _, emb = route_fit
+    if method != "tsne":
+        pytest.skip("one method is enough to check the Ray executor")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        xy = MaskEmbedder(method, n_pca=20, n_jobs=1, executor="ray", **ROUTE).fit_transform(X)
+    finally:
+        if started:
+            ray.shutdown()
+    np.testing.assert_array_equal(xy, emb.embedding_)

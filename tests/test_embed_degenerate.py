@@ -230,3 +230,12 @@ def test_clustering_no_points_and_bad_points():
         cluster_points(np.zeros((4, 2)), n_clusters=0)
     with pytest.raises(ValueError, match=r"\[N, 2\]"):
         cluster_points(np.zeros(4))
+
+
+def test_bad_large_map_arguments_raise():
+    with pytest.raises(ValueError, match="executor"):
+        MaskEmbedder("tsne", executor="dask")
+    with pytest.raises(ValueError, match="sample_above"):
+        MaskEmbedder("umap", sample_above=100, sample_size=200)
+    with pytest.raises(ValueError, match="chunk_size"):
+        MaskEmbedder("umap", chunk_size=0)

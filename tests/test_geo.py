@@ -334,6 +334,96 @@ def test_cell_profiles_match_hand_computed_values():
     assert empty.empty and list(empty.columns) == geo.PROFILE_COLUMNS
 
 
+def _reference_profiles(images, hist, k, class_names, resolution):
+    """cell_profiles written the plain way: dicts and loops over rows, float64 ratios."""
+    city_of = dict(zip(images["image_id"], images["city"], strict=True))
+    cell_of = {}
+    for image_id, lat, lon in zip(images["image_id"], images["lat"], images["lon"], strict=True):
+        if math.isfinite(lat) and math.isfinite(lon):
+            cell_of[image_id] = h3.latlng_to_cell(float(lat), float(lon), resolution)
+    n_img, per, city_mn = {}, {}, {}
+    for image_id, cell in cell_of.items():
+        n_img[cell, city_of[image_id]] = n_img.get((cell, city_of[image_id]), 0) + 1
+    bins = [c for c in hist.columns if c.startswith("h")]
+    for rec in hist.to_dict("records"):
+        if rec["image_id"] not in city_of:
+            continue
+        counts = [rec[c] for c in bins]
+        m, n = sum(counts[k:]), sum(counts)
+        key = (city_of[rec["image_id"]], rec["class_id"])
+        cm, cn = city_mn.get(key, (0, 0))
+        city_mn[key] = (cm + m, cn + n)
+        if rec["image_id"] in cell_of:
+            gkey = (cell_of[rec["image_id"]], *key)
+            gm, gn = per.get(gkey, (0, 0))
+            per[gkey] = (gm + m, gn + n)
+    cell_m = {}
+    for (cell, city, _), (m, _) in per.items():
+        cell_m[cell, city] = cell_m.get((cell, city), 0) + m
+    rows = []
+    for (cell, city, cls), (m, n) in per.items():
+        rpc_city = city_mn[city, cls][0] / city_mn[city, cls][1]
+        rows.append(
+            {
+                "cell": cell,
+                "city": city,
+                "object": class_names[cls],
+                "class_id": cls,
+                "n_images": n_img[cell, city],
+                "M": m,
+                "N": n,
+                "mean_pixels": n / n_img[cell, city],
+                "share": m / cell_m[cell, city] if cell_m[cell, city] else math.nan,
+                "rpc_cell": m / n,
+                "rpc_city": rpc_city,
+                "lift": (m / n) / rpc_city if rpc_city else math.nan,
+            }
+        )
+    ref = pd.DataFrame(rows)
+    return ref.sort_values(["cell", "city", "M", "class_id"], ascending=[True, True, False, True])
+
+
+def test_cell_profiles_equal_a_plain_reference_on_random_data():
+    rng = np.random.default_rng(7)
+    n_img, n_cls, k = 400, 7, 10
+    # most images in ~20 clusters (many images per cell), a scattered few alone in their cell
+    centre = rng.integers(0, 20, n_img)
+    lat = 35.6 + 0.02 * centre + rng.normal(0, 0.001, n_img)
+    lon = 139.7 + 0.02 * (centre % 5) + rng.normal(0, 0.001, n_img)
+    lone = rng.random(n_img) < 0.05
+    lat[lone] += rng.uniform(0.5, 2.0, lone.sum())
+    lat[rng.random(n_img) < 0.1] = np.nan  # no coordinates
+    lon[rng.random(n_img) < 0.05] = np.nan
+    images = pd.DataFrame(
+        {
+            "image_id": [f"img{i:03d}" for i in range(n_img)],
+            "city": rng.choice(["paris", "tokyo", "lima"], n_img),
+            "lat": lat,
+            "lon": lon,
+        }
+    )
+    rows = []
+    for i in range(n_img + 10):  # 10 histogram-only images (not in images): ignored
+        if rng.random() < 0.05:
+            continue  # no labelled pixel: counts in n_images only
+        for cls in rng.choice(n_cls, rng.integers(1, n_cls + 1), replace=False):
+            bins = {int(b): int(rng.integers(0, 500)) for b in rng.integers(0, 20, 4)}
+            rows.append((f"img{i:03d}", int(cls), bins))
+    rows.append(("img000", n_cls - 1, {0: 3}))  # nothing explained
+    hist = _hist(rows)
+    got = geo.cell_profiles(images, hist, k / 20, [f"o{c}" for c in range(n_cls)], resolution=9)
+    want = _reference_profiles(images, hist, k, [f"o{c}" for c in range(n_cls)], 9)
+    assert got["cell"].nunique() > 20 and (got["n_images"] == 1).any()
+    assert len(got) == len(want)
+    for col in ("cell", "city", "object", "class_id", "n_images", "M", "N"):
+        assert got[col].tolist() == want[col].tolist(), col
+    for col in ("mean_pixels", "share", "rpc_cell", "rpc_city", "lift"):
+        np.testing.assert_allclose(
+            got[col].to_numpy(np.float64), want[col].to_numpy(np.float64), rtol=1e-12, err_msg=col
+        )
+    assert all(geo.cell_boundary(c) == b for c, b in zip(got["cell"], got["boundary"], strict=True))
+
+
 # --------------------------------------------------------------------------- known spatial answer
 
 

@@ -1,5 +1,6 @@
 """cityviz.data.images: every odd or hostile input decodes correctly or fails with
-ImageDecodeError; resize_center_crop keeps labels exact and aligned with their images."""
+ImageDecodeError; resize_center_crop keeps labels exact and aligned with their images;
+image_batches gives the same batches, in order, with or without loader processes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from cityviz.data.images import (
     ImageDecodeError,
     crop_geometry,
     decode_image,
+    decode_resized,
     display_path,
+    image_batches,
     resize_center_crop,
 )
 
@@ -34,6 +37,7 @@ def _save(im: Image.Image, fmt: str, **kw) -> bytes:
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims ``width×height`` pixels (no pixel data at all)."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
@@ -226,8 +230,9 @@ def test_crop_geometry_matches_hand_computation():
     assert crop_geometry(50, 50, 64) == (64, 64, 0, 0)
 
 
-@pytest.mark.parametrize("h,w,size", [(480, 640, 224), (300, 200, 96), (37, 51, 64),
-                                      (1080, 1920, 112)])
+@pytest.mark.parametrize(
+    "h,w,size", [(480, 640, 224), (300, 200, 96), (37, 51, 64), (1080, 1920, 112)]
+)
 def test_resize_matches_torchvision(h: int, w: int, size: int):
     rng = np.random.default_rng(h * w)
     img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -237,8 +242,11 @@ def test_resize_matches_torchvision(h: int, w: int, size: int):
     assert ours.shape == (size, size, 3) and ours.dtype == np.uint8
     assert np.abs(ours.astype(int) - ref).max() <= 1
     ours_lab = resize_center_crop(lab, size, nearest=True)
-    ref_lab = np.asarray(TF.center_crop(
-        TF.resize(Image.fromarray(lab), size, interpolation=TF.InterpolationMode.NEAREST), size))
+    ref_lab = np.asarray(
+        TF.center_crop(
+            TF.resize(Image.fromarray(lab), size, interpolation=TF.InterpolationMode.NEAREST), size
+        )
+    )
     assert (ours_lab == ref_lab).all()
 
 
@@ -287,3 +295,89 @@ def test_resize_rejects_bilinear_labels_and_keeps_identity():
     img = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
     out = resize_center_crop(img, 64)  # no scaling needed: a pure centre crop
     assert (out == img[:, 8:72]).all()
+
+
+# ---- batched loading (DataLoader) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo_paths(tmp_path_factory) -> list[Path]:
+    """Seven small photos of different sizes and modes (JPEG, PNG, greyscale)."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(7):
+        h, w = 24 + 5 * i, 40 - 2 * i
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        im = Image.fromarray(arr).convert("L") if i == 3 else Image.fromarray(arr)
+        path = root / f"p{i}.{'png' if i % 2 else 'jpg'}"
+        im.save(path)
+        paths.append(path)
+    return paths
+
+
+def test_image_batches_equal_with_and_without_workers(photo_paths):
+    from cityviz.data.datasets import load_uint8_batch
+
+    want = load_uint8_batch(photo_paths, 16)  # how the data stage decoded before
+    for workers in (0, 2):
+        batches = list(image_batches(photo_paths, 3, size=16, num_workers=workers))
+        assert [len(b) for b in batches] == [3, 3, 1]
+        assert all(str(b.dtype) == "torch.uint8" and not b.is_pinned() for b in batches)
+        np.testing.assert_array_equal(np.concatenate([b.numpy() for b in batches]), want)
+    arr = np.lib.format.open_memmap(photo_paths[0].parent / "x.npy", "w+", np.uint8, want.shape)
+    arr[:] = want
+    for workers in (0, 2):
+        got = [b.numpy() for b in image_batches(arr, 4, num_workers=workers)]
+        assert [len(b) for b in got] == [4, 3]
+        np.testing.assert_array_equal(np.concatenate(got), want)
+    np.testing.assert_array_equal(decode_resized(photo_paths[2], 16), want[2])
+    assert list(image_batches(want[:0], 4)) == []
+
+
+def test_image_batches_name_a_bad_file_in_one_sentence(photo_paths, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image at all")
+    for workers in (0, 1):
+        with pytest.raises(ImageDecodeError) as info:
+            list(image_batches([photo_paths[0], bad], 2, size=16, num_workers=workers))
+        assert str(info.value).startswith("broken.jpg: The file is not a recognised image")
+        assert "Traceback" not in str(info.value)
+    with pytest.raises(ValueError, match="size="):
+        list(image_batches(photo_paths, 2))
+    with pytest.raises(ValueError, match="batch_size"):
+        list(image_batches(photo_paths, 0, size=16))
+    with pytest.raises(ValueError, match="num_workers"):
+        list(image_batches(photo_paths, 2, size=16, num_workers=-1))
+
+
+def test_predictions_and_cams_equal_with_and_without_loader_workers():
+    import torch
+
+    from cityviz.cam import Explainer
+    from cityviz.config import RunConfig
+    from cityviz.models.archs import build_model
+    from cityviz.models.train import predict
+    from precompute.workers import cam_shard
+
+    torch.manual_seed(0)
+    model = build_model("simpler", 3).eval()
+    test = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    truth = np.array([0, 1, 2, 0, 1, 2, 0])
+    explainer = Explainer(model, "simpler")
+    out = {}
+    for workers in (0, 2):
+        cfg = RunConfig(
+            batch_size=3, num_workers=workers, cam_method="gradcam++", cam_target="true"
+        )
+        out[workers] = (
+            predict(model, "simpler", test, torch.device("cpu"), 3, num_workers=workers),
+            cam_shard(explainer, test, truth, cfg, slice(1, 7)),
+        )
+    np.testing.assert_array_equal(out[0][0], out[2][0])
+    assert out[0][0].shape == (7, 3)
+    for key in ("cams", "probs", "target"):
+        np.testing.assert_array_equal(out[0][1][key], out[2][1][key])
+    np.testing.assert_array_equal(out[0][1]["target"], truth[1:7])
+    alone = explainer(test[4:7], target=torch.from_numpy(truth[4:7]), method="gradcam++")
+    np.testing.assert_array_equal(out[2][1]["cams"][3:6], alone.cams.numpy())

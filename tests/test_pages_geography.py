@@ -110,6 +110,28 @@ def test_colourings_and_the_component_frame():
     assert um.decode_i32(args["rows"]).tolist() == [0, 1, 2]
     np.testing.assert_allclose(um.decode_f32(args["y"]), pts["lat"], rtol=1e-6)
     assert args["selected"] == [2] and args["view_key"] == "k"
+    assert args["equal_aspect"] is True  # the browser keeps one unit per pixel on both axes
+    assert um.payload(cf, "geo", ug.color_spec(cf, "Confidence", CITIES), CITIES,
+                      view_key="k")["equal_aspect"] is False  # fmt: skip
+
+
+def test_the_component_frame_keeps_metres_equal_on_both_axes():
+    """1 km east and 1 km north of a point (spherical Earth) are equally far in geo units."""
+    r_earth, d = 6_371_000.0, 1000.0
+    lat, lon = TOKYO
+    east = lon + math.degrees(d / (r_earth * math.cos(math.radians(lat))))
+    north = lat + math.degrees(d / r_earth)
+    test = pd.DataFrame(
+        {"row": [0, 1, 2], "image_id": ["o", "e", "n"], "path": ["p", "p", "p"],
+         "city": ["a", "a", "a"], "lat": [lat, lat, north], "lon": [lon, east, lon]}
+    )  # fmt: skip
+    pred = pd.DataFrame({"row": [0, 1, 2], "pred": [0, 0, 0], "correct": [True] * 3,
+                         "confidence": [0.9] * 3})  # fmt: skip
+    cf = ug.component_frame(ug.geo_frame(test, pred, CITIES))
+    x, y = cf["geo_x"].to_numpy(np.float64), cf["geo_y"].to_numpy(np.float64)
+    dx, dy = x[1] - x[0], y[2] - y[0]
+    assert abs(y[1] - y[0]) < 1e-6 and abs(x[2] - x[0]) < 1e-6
+    assert dx == pytest.approx(dy, rel=1e-3)  # plain lon would be 1 / cos(35.7°) ≈ 1.23 wider
 
 
 def test_areas_pick_one_city_when_cities_are_far_apart():
@@ -262,6 +284,7 @@ def test_points_view_hands_located_images_to_the_map_and_shows_a_selection(
     assert um.decode_i32(args["rows"]).tolist() == want["row"].tolist()
     np.testing.assert_allclose(um.decode_f32(args["y"]), want["lat"], rtol=1e-6)
     assert args["thumbs"] and len(args["thumbs"]["kinds"]) == 3
+    assert args["equal_aspect"] is True
     captions = " ".join(c.value for c in at.caption)
     n_missing = len(frame) - len(ug.located(frame))
     assert n_missing > 0 and f"{n_missing} of {len(frame)} test images have no coord" in captions

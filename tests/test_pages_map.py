@@ -14,9 +14,11 @@ from streamlit.testing.v1 import AppTest
 
 from cityviz import stats, thumbs
 from cityviz.segment import NO_SEGMENTER_MESSAGE
-from cityviz.store import Cache
+from cityviz.store import Cache, CacheError
 from cityviz.ui import map as um
 from cityviz.ui import scatter
+from cityviz.ui.safe_text import md_escape
+from tests.hostile import copy_cache
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "map.py")
 CITIES = ["a", "b"]
@@ -376,4 +378,46 @@ def test_zip_of_the_selection_holds_one_png_per_image(fake_cache_dir):
 def test_selection_offers_csv_and_zip_downloads(fake_cache_dir, monkeypatch):
     at = run_map(fake_cache_dir, monkeypatch, value={"rows": [3, 1], "view": "simple_s0|tsne"})
     labels = [b.proto.label for b in at.get("download_button")]
-    assert labels == ["Selection as CSV", "Explanations as ZIP"]
+    assert labels == ["Selection as CSV"]
+    at.button(key="map_export_zip").click().run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Selection as CSV", "Download the ZIP (2 PNGs)"]
+
+
+def test_selection_zip_names_a_damaged_or_missing_sheet(fake_cache_dir, tmp_path):
+    root = copy_cache(fake_cache_dir, tmp_path / "cache")
+    kind, rel = "simple_s0/expl", "thumbs/simple_s0/expl/0000.jpg"
+    layout = Cache(root).thumbs
+    args = dict(size=int(layout["size"]), per_row=int(layout["per_row"]))
+    good = um.selection_zip(root, kind, [0, 1], ["i0", "i1"], **args)
+    with zipfile.ZipFile(io.BytesIO(good)) as zf:
+        assert len(zf.namelist()) == 2
+    sheet = root / rel
+    sheet.write_bytes(sheet.read_bytes()[:300])  # truncated
+    with pytest.raises(CacheError) as err:
+        um.selection_zip(root, kind, [0, 1], ["i0", "i1"], **args)
+    msg = str(err.value)
+    assert f"{rel} in {root} cannot be read" in msg
+    assert f"python -m precompute --cache {root} --force --stages thumbs" in msg
+    sheet.unlink()
+    with pytest.raises(CacheError, match=f"{rel} in .* is missing"):
+        um.selection_zip(root, kind, [1], ["i1"], **args)
+
+
+def test_zip_export_says_which_sheet_is_unreadable_at_click_time(
+    fake_cache_dir, tmp_path, monkeypatch
+):
+    root = copy_cache(fake_cache_dir, tmp_path / "cache")
+    at = run_map(root, monkeypatch, value={"rows": [3, 1], "view": "simple_s0|tsne"})
+    assert not at.error
+    (root / "thumbs/simple_s0/expl/0000.jpg").write_bytes(b"not a jpeg")  # after the page drew
+    at.button(key="map_export_zip").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("The ZIP of the explanations is not available: The cache file ")
+    shown = [md_escape("thumbs/simple_s0/expl/0000.jpg"), md_escape("--force --stages thumbs")]
+    assert all(text in errors[0] for text in shown)  # Markdown-escaped
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Selection as CSV"]  # no download of a broken ZIP

@@ -1,4 +1,5 @@
-"""Training precision: bf16 autocast for the forward pass, float32 everywhere else."""
+"""Precision policy (amp_dtype) and training precision: autocast for the forward pass (bf16, or
+fp16 with a GradScaler), float32 everywhere else."""
 
 from __future__ import annotations
 
@@ -95,12 +96,12 @@ def test_bf16_training_reaches_the_accuracy_of_fp32_on_a_separable_problem():
     assert acc["bf16"] >= acc["fp32"] - 0.05, acc
 
 
-@pytest.mark.parametrize("bad", ["fp16", "BF16", "", "float32", None])
+@pytest.mark.parametrize("bad", ["float16", "BF16", "", "float32", None])
 def test_unknown_precision_is_refused_before_anything_runs(bad, monkeypatch):
     built = []
     monkeypatch.setattr(train_mod, "build_model", lambda *a, **k: built.append(a))
     x, y = _separable(8)
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, fp16"):
         train_model("simple", 0, x, y, x, y, 2, epochs=1, precision=bad, progress=False)
     assert built == []
     with pytest.raises(ValueError, match="precision must be one of"):
@@ -126,3 +127,97 @@ def test_bf16_without_native_support_warns_that_it_is_slower(native, monkeypatch
 def test_native_bf16_answers_a_bool_for_every_device_kind():
     assert isinstance(train_mod.native_bf16(CPU), bool)
     assert train_mod.native_bf16(torch.device("meta")) is False
+
+
+# ---- the one precision policy -----------------------------------------------------------------
+
+
+def _fake_cuda(monkeypatch, available: bool, bf16: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+
+
+@pytest.mark.parametrize(
+    ("device", "available", "bf16", "want"),
+    [
+        ("cpu", True, True, None),  # auto never autocasts a CPU (slower here)
+        ("cpu", False, False, None),
+        ("cuda", True, True, torch.bfloat16),  # Ampere and later
+        ("cuda:1", True, True, torch.bfloat16),
+        ("cuda", True, False, torch.float16),  # older GPUs: fp16 (training with a GradScaler)
+        ("cuda", False, False, None),  # no GPU seen after all
+    ],
+)
+def test_auto_picks_what_the_docstring_says(device, available, bf16, want, monkeypatch):
+    _fake_cuda(monkeypatch, available, bf16)
+    assert train_mod.amp_dtype(device, "auto") == want
+    assert (
+        train_mod.resolve_precision(device, "auto")
+        == {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[want]
+    )
+    # explicit names mean the same on every device
+    assert train_mod.amp_dtype(device, "fp32") is None
+    assert train_mod.amp_dtype(device, "bf16") == torch.bfloat16
+    assert train_mod.amp_dtype(device, "fp16") == torch.float16
+    assert train_mod.resolve_precision(device, "bf16") == "bf16"
+
+
+def test_the_cli_stores_the_resolved_precision(monkeypatch):
+    from precompute.__main__ import build_config_with_sources, parse_args
+
+    _fake_cuda(monkeypatch, True, False)
+    cfg, sources = build_config_with_sources(parse_args(["--profile", "smoke"]), cuda=True)
+    assert (cfg.precision, sources["precision"]) == ("fp16", "default: auto on cuda")
+    cfg, sources = build_config_with_sources(parse_args(["--profile", "smoke"]), cuda=False)
+    assert cfg.precision == "fp32"  # what a CPU cache recorded before "auto" existed
+    args = parse_args(["--profile", "smoke", "--precision", "bf16", "--num-workers", "2"])
+    cfg, sources = build_config_with_sources(args, cuda=False)
+    assert (cfg.precision, cfg.num_workers, sources["precision"]) == (
+        2 and "bf16",
+        2,
+        "--precision",
+    )
+
+
+def test_fp16_training_steps_go_through_a_grad_scaler():
+    """fp16 (CPU autocast supports it too) scales the loss by the scaler's 2¹⁶ before backward
+    and divides the gradients by it before Adam's step: the same weights as doing that by hand."""
+    assert train_mod.grad_scaler(CPU, "bf16") is None and train_mod.grad_scaler(CPU, "fp32") is None
+    scaler = train_mod.grad_scaler(CPU, "fp16")
+    assert isinstance(scaler, torch.amp.GradScaler)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(1), nn.Linear(3 * 8 * 8, 2)).train()
+    ref, before = copy.deepcopy(model), copy.deepcopy(model)
+    opt, ref_opt = make_optimizer(model, 1e-3), make_optimizer(ref, 1e-3)
+    x, y = _batch(4, size=8)
+    loss_sum, _ = train_step(model, "simpler", opt, x, y, "fp16", scaler=scaler)
+    assert scaler.get_scale() == 65536.0  # no inf or NaN: the step was taken, the scale kept
+    with autocast(CPU, "fp16"):
+        logits = ref(normalize(x, "simpler"))
+    assert logits.dtype == torch.float16
+    ref_loss = nn.functional.cross_entropy(logits.float(), y)
+    ref_opt.zero_grad(set_to_none=True)
+    (ref_loss * 65536.0).backward()
+    for p in ref.parameters():
+        p.grad.mul_(1 / 65536.0)
+    ref_opt.step()
+    assert loss_sum == pytest.approx(float(ref_loss.detach()) * len(y), rel=1e-6)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    for (name, p), q in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7, msg=name)
+        assert not torch.equal(p, before.state_dict()[name]), name  # the step was taken
+
+
+def test_predict_under_bf16_returns_float32_probabilities_close_to_fp32():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3).eval()
+    x, _ = _separable(8, size=32)
+    p32 = predict(model, "resnet18", x, CPU, batch_size=3)
+    p16 = predict(model, "resnet18", x, CPU, batch_size=3, precision="bf16")
+    assert p16.dtype == np.float32 and p16.shape == p32.shape == (8, 3)
+    np.testing.assert_allclose(p16.sum(1), 1.0, rtol=1e-5)
+    assert np.abs(p16 - p32).max() < 0.02
+    assert not np.array_equal(p16, p32)  # autocast did run
+    assert (p16.argmax(1) == p32.argmax(1)).mean() >= 0.75
+    with pytest.raises(ValueError, match="precision must be one of"):
+        predict(model, "resnet18", x, CPU, precision="half")

@@ -18,6 +18,7 @@ from cityviz.segment import (
     HFSegmenter,
     Segmenter,
     SegmenterUnavailable,
+    segmenter_amp_dtype,
     segmenter_from_spec,
 )
 
@@ -167,6 +168,53 @@ def test_hf_segmenter_matches_model_argmax(tiny_segformer) -> None:
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize(
+    ("device", "precision", "bf16_gpu", "want"),
+    [
+        ("cpu", "auto", True, None),  # float32 on a CPU, whatever the precision says
+        ("cpu", "bf16", True, None),
+        ("cpu", "fp16", True, None),
+        ("cuda", "auto", True, "bfloat16"),
+        ("cuda:0", "auto", False, "float16"),
+        ("cuda", "bf16", False, "bfloat16"),
+        ("cuda", "fp32", True, None),
+    ],
+)
+def test_segmenter_autocasts_on_cuda_only(
+    monkeypatch: pytest.MonkeyPatch, device: str, precision: str, bf16_gpu: bool, want
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    got = segmenter_amp_dtype(device, precision)
+    assert got == (getattr(torch, want) if want else None)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        segmenter_amp_dtype(device, "half")
+
+
+def test_hf_segmenter_logits_are_float32_whatever_the_autocast_dtype(tiny_segformer) -> None:
+    import torch
+
+    directory, _, processor = tiny_segformer
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
+    seg = HFSegmenter(directory, batch_size=2, precision="auto")
+    assert seg.amp_dtype is None  # a CPU: float32
+    pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
+    ref = seg.logits(pixels)
+    assert ref.dtype == torch.float32
+    labels = seg.segment(images)
+    for dtype in (torch.bfloat16, torch.float16):  # what CUDA would pick; CPU autocast has both
+        seg.amp_dtype = dtype
+        out = seg.logits(pixels)
+        assert out.dtype == torch.float32 and out.shape == ref.shape
+        assert not torch.equal(out, ref)  # autocast did run
+        torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05 * float(ref.abs().max()))
+        assert (seg.segment(images) == labels).mean() > 0.9
+    with pytest.raises(ValueError, match="precision must be one of"):
+        HFSegmenter(directory, precision="half")
+
+
 def test_hf_segmenter_loads_upernet_with_a_centre_cropping_processor(tmp_path: Path) -> None:
     """A tiny UPerNet/ConvNeXt saved with a ConvNeXt processor that centre-crops (crop_pct) loads
     through from_pretrained; non-square crops are segmented whole (see test_segment_labels.py
@@ -210,10 +258,12 @@ def test_hf_segmenter_loads_upernet_with_a_centre_cropping_processor(tmp_path: P
     assert out.shape == (2, 48, 72) and out.dtype == np.uint8
 
     # Reference: the whole crop resized to 32x48 (shortest edge 32), only normalised.
-    resized = [np.array(Image.fromarray(im).resize((48, 32), Image.Resampling.BICUBIC))
-               for im in images]
-    pixels = processor(images=resized, return_tensors="pt", do_resize=False,
-                       do_center_crop=False)["pixel_values"]
+    resized = [
+        np.array(Image.fromarray(im).resize((48, 32), Image.Resampling.BICUBIC)) for im in images
+    ]
+    pixels = processor(images=resized, return_tensors="pt", do_resize=False, do_center_crop=False)[
+        "pixel_values"
+    ]
     assert tuple(pixels.shape[-2:]) == (32, 48)
     with torch.no_grad():
         logits = model(pixel_values=pixels).logits

@@ -80,10 +80,8 @@ from sklearn.neighbors import radius_neighbors_graph
 from cityviz.data.geo_tags import EXIF_SUFFIXES, parse_latlon, read_exif_latlon
 from cityviz.data.images import (
     DEFAULT_MAX_PIXELS,
-    ImageDecodeError,
-    decode_image,
+    decode_resized,
     display_path,
-    resize_center_crop,
 )
 
 log = logging.getLogger(__name__)
@@ -1084,20 +1082,13 @@ class TorchImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rec = self.records[i]
-        arr = _load_resized(rec.path, self.size)
+        arr = decode_resized(rec.path, self.size)
         label = -1 if self.labels is None else self.labels[i]
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), label
-
-
-def _load_resized(path: Path | str, size: int) -> np.ndarray:
-    try:
-        return resize_center_crop(decode_image(path), size)
-    except ImageDecodeError as err:
-        raise ImageDecodeError(f"{display_path(Path(path).name)}: {err}") from err
 
 
 def load_uint8_batch(paths: Sequence[Path | str], size: int) -> np.ndarray:
     """Decode, resize and centre-crop ``paths`` into one ``[B, size, size, 3]`` uint8 array."""
     if not paths:
         return np.zeros((0, size, size, 3), np.uint8)
-    return np.stack([_load_resized(p, size) for p in paths])
+    return np.stack([decode_resized(p, size) for p in paths])

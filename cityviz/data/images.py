@@ -1,9 +1,13 @@
-"""Safe image decoding and the one definition of model-input geometry.
+"""Safe image decoding, the one definition of model-input geometry, and batched loading.
 
 Every entry point (data set loading, training, the upload page) decodes through
 :func:`decode_image`, so odd files behave the same everywhere: EXIF orientation is applied, any
 colour mode becomes 8-bit RGB, transparency is composited on white, and anything that cannot be
 decoded becomes an :class:`ImageDecodeError` with a sentence fit to show a user.
+
+:func:`image_batches` feeds the per-batch work (decoding in the data stage; predictions, Grad-CAM
+and segmentation over the cache's memory-mapped inputs) through a ``torch.utils.data.DataLoader``
+with worker processes and, on CUDA, pinned memory.
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -258,3 +266,88 @@ def _nearest_index(new_len: int, old_len: int) -> np.ndarray:
     step = old_len / new_len
     coords = np.cumsum(np.concatenate(([step * 0.5], np.full(new_len - 1, step))))
     return np.clip(coords.astype(np.int64), 0, old_len - 1)
+
+
+def decode_resized(path: str | os.PathLike, size: int) -> np.ndarray:
+    """``path`` decoded (:func:`decode_image`) and resized + centre-cropped to a uint8
+    ``[size, size, 3]`` array (:func:`resize_center_crop`), as every model input is made.
+
+    Raises :class:`ImageDecodeError` whose sentence starts with the file's printable name."""
+    try:
+        return resize_center_crop(decode_image(path), size)
+    except ImageDecodeError as err:
+        raise ImageDecodeError(f"{display_path(Path(path).name)}: {err}") from err
+
+
+class _Batches:
+    """A map-style data set whose item ``k`` is batch ``k`` of ``source`` as a uint8 tensor
+    ``[B, H, W, 3]``: rows ``k·B … (k+1)·B`` of an array (copied out of a memory map), or those
+    paths decoded at ``size``. A decoding error is returned, not raised, so that it reaches the
+    caller with its own sentence from a worker process too (see :func:`image_batches`)."""
+
+    def __init__(self, source: np.ndarray | Sequence[Any], batch_size: int, size: int | None):
+        self.source, self.batch_size, self.size = source, batch_size, size
+        self.is_array = isinstance(source, np.ndarray)
+
+    def __len__(self) -> int:
+        return -(-len(self.source) // self.batch_size)
+
+    def __getitem__(self, k: int) -> torch.Tensor | ImageDecodeError:
+        import torch
+
+        rows = slice(k * self.batch_size, min((k + 1) * self.batch_size, len(self.source)))
+        if self.is_array:
+            return torch.from_numpy(np.array(self.source[rows]))
+        try:
+            images = [decode_resized(p, self.size) for p in self.source[rows]]
+        except ImageDecodeError as err:
+            return ImageDecodeError(str(err))
+        return torch.from_numpy(np.stack(images))
+
+
+def image_batches(
+    source: np.ndarray | Sequence[str | os.PathLike],
+    batch_size: int,
+    *,
+    size: int | None = None,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Consecutive batches of ``source`` as CPU uint8 tensors ``[B, H, W, 3]``, in order.
+
+    ``source`` is a uint8 array ``[N, H, W, 3]`` (usually the cache's memory-mapped inputs: each
+    batch is read into memory) or a sequence of image paths, decoded, resized and centre-cropped
+    to ``size`` (:func:`decode_resized`; ``size`` is required then). Batch ``k`` holds items
+    ``k·batch_size`` up to ``(k+1)·batch_size``; the last may be shorter.
+
+    A ``torch.utils.data.DataLoader`` does the reading: ``num_workers`` processes (0: this
+    process) prepare the next batches while the caller computes, and the order and contents are
+    the same whatever ``num_workers`` is. With a CUDA ``device`` the batches are pinned
+    (page-locked), so that ``batch.to(device, non_blocking=True)`` copies asynchronously; the
+    caller makes that copy. Raises :class:`ImageDecodeError` (the file's name and why) for a path
+    that cannot be decoded, and ``ValueError`` for a ``batch_size`` below 1, a negative
+    ``num_workers``, or paths without ``size``.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+    data = _Batches(source, batch_size, size)
+    if not data.is_array and size is None:
+        raise ValueError("image_batches needs size= to decode image paths")
+    if not data.is_array and not isinstance(source, list | tuple):
+        data.source = list(source)
+    loader = DataLoader(
+        data,
+        batch_size=None,  # each item already is a batch
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    for batch in loader:
+        if isinstance(batch, ImageDecodeError):
+            raise batch
+        yield batch

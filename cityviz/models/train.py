@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cityviz.data.images import image_batches
 from cityviz.models.archs import build_model, normalize, require_eval
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def train_step(
     y: torch.Tensor,
     precision: str = "fp32",
     loss_scale: float | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int]:
     """One optimisation step; returns (summed loss, number correct) for the batch.
 
@@ -91,8 +93,10 @@ def train_step(
 
     Unlike the inference functions, this updates ``model`` in place (its parameters, and in
     training mode its batch-norm statistics), in whatever mode the caller has put it.
-    ``precision="bf16"`` runs the forward pass under bfloat16 autocast (weights, gradients and the
-    optimiser stay float32); ``"fp32"`` is plain float32.
+    ``precision`` (:func:`amp_dtype`) sets the autocast dtype of the forward pass (weights,
+    gradients and the optimiser stay float32); ``"fp32"`` is plain float32. Where it means float16
+    the loss goes through ``scaler`` (:func:`grad_scaler`; the caller keeps one for the whole run
+    so its scale adapts); without one a fresh scaler serves this step alone.
     """
     with autocast(x_uint8.device, precision):
         logits = model(normalize(x_uint8, arch))
@@ -102,16 +106,26 @@ def train_step(
         loss = nn.functional.cross_entropy(logits.float(), y)
     else:
         loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum") * loss_scale
+    if scaler is None:
+        scaler = grad_scaler(x_uint8.device, precision)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # unscales first; skips the step if a gradient is inf or NaN
+        scaler.update()
     correct = int((logits.detach().argmax(1) == y).sum())
     value = float(loss.detach())
     summed = value * len(y) if loss_scale is None else value / loss_scale
     return summed, correct
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Names of the precision policy (:func:`amp_dtype`); ``"auto"`` is :class:`RunConfig`'s default."""
+
+_AMP_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def check_precision(precision: str) -> None:
@@ -120,28 +134,87 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
-def autocast(device: torch.device, precision: str):
-    """A ``torch.autocast`` context for ``precision`` on ``device`` (a no-op for ``"fp32"``).
+def amp_dtype(device: torch.device | str, precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device``: the one precision policy of cityviz.
 
-    Under ``"bf16"``, matrix products and convolutions run in bfloat16 (PyTorch's autocast op
-    lists); the caller keeps weights, gradients and optimiser state in float32. Raises
-    ``ValueError`` for an unknown precision."""
+    Used for training steps, predictions (:func:`predict`), Grad-CAM (:mod:`cityviz.cam`) and the
+    segmenter (:mod:`cityviz.segment`, on CUDA only). Returns ``None`` for plain float32:
+
+    * ``"fp32"`` → ``None``; ``"bf16"`` → ``torch.bfloat16``; ``"fp16"`` → ``torch.float16``, on
+      any device (bf16/fp16 on a CPU without native support is emulated, and slow);
+    * ``"auto"`` → on a CUDA device (when PyTorch sees one) ``torch.bfloat16`` if
+      ``torch.cuda.is_bf16_supported()`` (Ampere and later), else ``torch.float16``; on a CPU, or
+      anything else, ``None``: this project's 2-core AVX-512 CPU has no native bfloat16, and bf16
+      autocast measured 3.5–8× slower than float32 per training step there (bench/train.py),
+      2–3× slower for inference and 1.5–1.6× for Grad-CAM (Simple and ResNet18, 224 px, batch
+      32; bench/cam.py ``--precision fp32,bf16``; README, *On a GPU*).
+
+    Autocast runs matrix products and convolutions in the returned dtype (PyTorch's autocast op
+    lists); weights, gradients, optimiser state, losses and every returned array stay float32.
+    Raises ``ValueError`` for an unknown ``precision``.
+    """
     check_precision(precision)
-    enabled = precision == "bf16"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def resolve_precision(device: torch.device | str, precision: str) -> str:
+    """``precision`` with ``"auto"`` replaced by what :func:`amp_dtype` picks on ``device``
+    (``"fp32"``, ``"bf16"`` or ``"fp16"``); the others are returned unchanged.
+
+    The CLI stores the resolved name in a cache's config, so its identity says what ran (an
+    ``auto`` run on a CPU is an ``fp32`` run). Raises ``ValueError`` for an unknown precision."""
+    return _AMP_NAMES[amp_dtype(device, precision)]
+
+
+def autocast(device: torch.device | str, precision: str):
+    """A ``torch.autocast`` context for ``precision`` on ``device`` (:func:`amp_dtype`); a no-op
+    where the policy gives float32.
+
+    Raises ``ValueError`` for an unknown precision."""
+    device = torch.device(device)
+    dtype = amp_dtype(device, precision)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32,
+                          enabled=dtype is not None)  # fmt: skip
+
+
+def grad_scaler(device: torch.device | str, precision: str) -> torch.amp.GradScaler | None:
+    """A ``torch.amp.GradScaler`` when ``precision`` trains in float16 on ``device``, else None.
+
+    float16 has 5 exponent bits: gradients below ~6e-5 lose digits and below ~6e-8 vanish, so
+    PyTorch's AMP recipe multiplies the loss by a dynamic scale before ``backward`` and divides
+    the gradients by it before the optimiser step (skipping steps whose gradients overflow).
+    bfloat16 keeps float32's exponent range and needs no scaler."""
+    device = torch.device(device)
+    if amp_dtype(device, precision) != torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively (a CUDA GPU that supports it; a CPU with
-    AVX-512 BF16 or AMX, as oneDNN reports). Without it bf16 autocast is emulated: measured
-    4-8× *slower* than float32 per training step on a 2-core AVX2 CPU (bench/train.py)."""
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    the AVX-512 BF16 or AMX-BF16 instructions (``torch.cpu.get_capabilities()``).
+
+    Without them bf16 autocast is emulated: measured 3.5–8× *slower* than float32 per training
+    step on this project's 2-core AVX-512 CPU (bench/train.py). oneDNN's own
+    ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` answers True on any AVX-512 CPU, where it
+    runs bf16 through conversions, so it is not asked."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            caps = torch.cpu.get_capabilities()
         except (AttributeError, RuntimeError):
             return False
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
     return False
 
 
@@ -152,18 +225,33 @@ def predict(
     images: np.ndarray,
     device: torch.device,
     batch_size: int = 64,
+    *,
+    precision: str = "fp32",
+    num_workers: int = 0,
 ) -> np.ndarray:
-    """Class probabilities [N, C] float32 (softmax of the logits) for uint8 images [N, S, S, 3].
+    """Class probabilities [N, C] float32 (softmax of the float32 logits) for uint8 images
+    [N, S, S, 3] (a memory-mapped array is read batch by batch).
+
+    ``precision``: the autocast policy of the forward pass (:func:`amp_dtype`; the default runs
+    plain float32). Batches come through :func:`cityviz.data.images.image_batches`:
+    ``num_workers`` loader processes, pinned memory and asynchronous copies on CUDA; the result
+    does not depend on ``num_workers``.
 
     ``model`` must be in eval mode and on ``device``; it is never modified, so threads may share
     it. Raises ``ValueError`` for a model in training mode (see
     :func:`~cityviz.models.archs.require_eval`: batch norm would otherwise use each batch's
-    statistics and overwrite its running ones, and dropout would make predictions random).
+    statistics and overwrite its running ones, and dropout would make predictions random) or an
+    unknown precision.
     """
     require_eval(model, what="Predicting")
+    device = torch.device(device)
+    check_precision(precision)
     out = [np.zeros((0, 0), np.float32)]
-    for idx in iter_batches(len(images), batch_size):
-        logits = model(normalize(to_batch(images[idx], device), arch))
+    batches = image_batches(images, batch_size, device=device, num_workers=num_workers)
+    for batch in batches:
+        x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        with autocast(device, precision):
+            logits = model(normalize(x, arch))
         out.append(torch.softmax(logits.float(), 1).cpu().numpy())
     return np.concatenate(out[1:]) if len(out) > 1 else out[0]
 
@@ -216,9 +304,11 @@ def train_model(
     counts summed across processes. Batch norm keeps per-process statistics on CPU (PyTorch's
     SyncBatchNorm needs a GPU); on CUDA it is converted to SyncBatchNorm.
 
-    ``precision``: "fp32" or "bf16" (autocast for the forward pass, see :func:`autocast`); an
-    unknown one raises ``ValueError`` before anything is built, and bf16 on a device without
-    native bfloat16 (:func:`native_bf16`) logs a warning, since it is slower there, not faster.
+    ``precision``: one of :data:`PRECISIONS`, the autocast policy of the forward pass
+    (:func:`amp_dtype`; ``"auto"`` is float32 on a CPU); an unknown one raises ``ValueError``
+    before anything is built. bf16 on a device without native bfloat16 (:func:`native_bf16`), and
+    fp16 on a CPU, log a warning, since they are slower there, not faster. float16 steps go
+    through one ``torch.amp.GradScaler`` for the whole run (:func:`grad_scaler`).
     ``augment`` adds random horizontal flips: label-preserving for street scenes, and a help
     to small training sets (the paper does not say whether it augmented).
     ``keep_best`` returns the weights of the epoch with the best validation accuracy (the
@@ -227,12 +317,19 @@ def train_model(
     """
     check_precision(precision)
     device = torch.device(device)
-    if precision == "bf16" and not native_bf16(device):
+    dtype = amp_dtype(device, precision)
+    slow = (dtype == torch.bfloat16 and not native_bf16(device)) or (
+        dtype == torch.float16 and device.type == "cpu"
+    )
+    if slow:
         log.warning(
-            "bf16 was asked for, but this %s has no native bfloat16 arithmetic: training will "
-            "likely be several times slower than with --precision fp32.",
+            "%s was asked for, but this %s has no native %s arithmetic: training will likely be "
+            "several times slower than with --precision fp32.",
+            _AMP_NAMES[dtype],
             device.type.upper(),
+            "bfloat16" if dtype == torch.bfloat16 else "float16",
         )
+    scaler = grad_scaler(device, precision)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_model(arch, n_classes, pretrained=pretrained).to(device)
@@ -274,7 +371,9 @@ def train_model(
             if flip is not None:
                 x = random_hflip(x, flip)
             y = y_all[idx].to(device)
-            batch_loss, batch_correct = train_step(net, arch, optimizer, x, y, precision, scale)
+            batch_loss, batch_correct = train_step(
+                net, arch, optimizer, x, y, precision, scale, scaler
+            )
             loss_sum += batch_loss
             correct += batch_correct
             seen += len(idx)
@@ -285,7 +384,9 @@ def train_model(
         if val_n:
             rows = slice(rank, None, world_size)  # a view: a memory-mapped set stays on disk
             if len(val_images[rows]):
-                val_pred = predict(model, arch, val_images[rows], device).argmax(1)
+                val_pred = predict(
+                    model, arch, val_images[rows], device, precision=precision
+                ).argmax(1)
                 val_right = int((val_pred == np.asarray(val_labels)[rows]).sum())
         if distributed:
             loss_sum, correct, seen, val_right = _all_sum(

@@ -59,6 +59,7 @@ import pandas as pd
 from scipy.stats import false_discovery_control
 
 from cityviz import stats
+from cityviz.store import REQUIRED_COLUMNS
 
 N_PERMUTATIONS = 999
 NULL_MAX_IMAGES = 200
@@ -67,40 +68,15 @@ CI = 0.95
 _TIE_TOL = 1e-12  # relative slack for float ties of the contrast statistic
 _CHUNK = 128  # permutation / bootstrap replicates per matrix product
 
-NULL_COLUMNS = [
-    "city",
-    "object",
-    "class_id",
-    "threshold",
-    "rpc",
-    "null_mean",
-    "null_lo",
-    "null_hi",
-    "p_value",
-    "p_adjusted",
-    "above_null",
-    "n_images",
-    "n_permutations",
-    "mean_pixels",
-]
-CONTRAST_COLUMNS = [
-    "city",
-    "object",
-    "class_id",
-    "threshold",
-    "rpc_city",
-    "rpc_others",
-    "difference",
-    "diff_lo",
-    "diff_hi",
-    "p_value",
-    "p_adjusted",
-    "distinguishes",
-    "absent_elsewhere",
-    "mean_pixels",
-    "n_images",
-    "n_permutations",
-]
+NULL_COLUMNS = [c for c in REQUIRED_COLUMNS["stats/rpc_null.parquet"] if c != "model_id"]
+NULL_COLUMNS.append("mean_pixels")
+"""Columns of :func:`rpc_null_table`: the cache's contract for ``stats/rpc_null.parquet``
+(:data:`cityviz.store.REQUIRED_COLUMNS`, the one list), less ``model_id`` (the stage adds it),
+plus ``mean_pixels``."""
+CONTRAST_COLUMNS = [c for c in REQUIRED_COLUMNS["stats/rpc_contrast.parquet"] if c != "model_id"]
+CONTRAST_COLUMNS += ["absent_elsewhere", "mean_pixels"]
+"""Columns of :func:`rpc_contrast_table`, likewise from ``stats/rpc_contrast.parquet``'s
+contract, plus ``absent_elsewhere`` and ``mean_pixels``."""
 
 
 # --------------------------------------------------------------------------- shared helpers

@@ -251,7 +251,9 @@ def component_args(
     selected: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The scatter component's arguments for ``frame`` (from :func:`component_frame`): the
-    explanation map's :func:`~cityviz.ui.map.payload` with the ``geo`` coordinates."""
+    explanation map's :func:`~cityviz.ui.map.payload` with the ``geo`` coordinates, drawn at
+    equal scale on both axes (``equal_aspect``) so that a metre east spans as many pixels as a
+    metre north, whatever the frame's shape."""
     return um.payload(
         frame,
         "geo",
@@ -264,6 +266,7 @@ def component_args(
         height=height,
         dragmode=dragmode,
         selected=selected,
+        equal_aspect=True,
     )
 
 

@@ -8,6 +8,7 @@ import io
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,10 @@ from PIL import Image
 from plotly.colors import qualitative
 
 from cityviz import stats
+from cityviz import thumbs as thumb_lib
+from cityviz.store import damaged, thumb_sheet_rel
 from cityviz.ui.figures import city_colors
-from cityviz.ui.safe_text import csv_safe
+from cityviz.ui.safe_text import csv_safe, md_escape
 
 METHOD_LABELS = {"tsne": "t-SNE", "umap": "UMAP"}
 COLOR_BY = (
@@ -391,6 +394,62 @@ def thumbs_zip(tiles: Sequence[np.ndarray], rows: Sequence[int], image_ids: Sequ
     return buf.getvalue()
 
 
+def read_tiles(
+    root: str | Path, kind: str, rows: Sequence[int], *, size: int, per_row: int
+) -> list[np.ndarray]:
+    """Test ``rows``' thumbnails of ``kind`` (``"orig"``, ``"<model>/expl"``, …): uint8
+    ``[size, size, 3]`` tiles cut from the sprite sheets of the cache at ``root``
+    (``per_row`` tiles a row; :func:`cityviz.thumbs.crop_tiles`), in the order of ``rows``.
+
+    Raises :class:`cityviz.store.CacheError`, one sentence naming the sheet and the
+    ``python -m precompute … --force --stages thumbs`` command, when a sheet is missing or
+    cannot be decoded (deleted, truncated, not a JPEG).
+    """
+    asked: list[int] = []
+
+    def sheet_path(sheet: int) -> Path:
+        asked.append(sheet)
+        return Path(root) / thumb_sheet_rel(kind, sheet)
+
+    try:
+        return thumb_lib.crop_tiles(sheet_path, list(rows), size=size, per_row=per_row)
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow: OSError, UnidentifiedImageError
+        if not asked:
+            raise
+        rel = thumb_sheet_rel(kind, asked[-1])
+        problem = "is missing" if not (Path(root) / rel).exists() else "cannot be read"
+        raise damaged(root, rel, f"{problem} ({type(exc).__name__})") from exc
+
+
+def selection_zip(
+    root: str | Path,
+    kind: str,
+    rows: Sequence[int],
+    image_ids: Sequence[str],
+    *,
+    size: int,
+    per_row: int,
+) -> bytes:
+    """:func:`thumbs_zip` of test ``rows``' thumbnails of ``kind`` (e.g. ``"<model>/expl"``);
+    :class:`cityviz.store.CacheError` naming an unreadable sheet as :func:`read_tiles`,
+    ValueError as :func:`thumbs_zip`."""
+    tiles = read_tiles(root, kind, rows, size=size, per_row=per_row)
+    return thumbs_zip(tiles, rows, image_ids)
+
+
+def gallery_captions(frame: pd.DataFrame, rows: Sequence[int]) -> list[str]:
+    """One caption per test row of ``rows`` (``frame``: ``row, city, pred_city, correct,
+    confidence``): ``"city (93%)"``, or ``"city → predicted (61%)"`` when wrong; names are
+    Markdown-escaped (``st.image`` renders captions as Markdown)."""
+    info = frame.set_index("row").loc[list(rows)]
+    return [
+        md_escape(r.city)
+        + ("" if r.correct else f" → {md_escape(r.pred_city)}")
+        + f" ({r.confidence:.0%})"
+        for r in info.itertuples()
+    ]
+
+
 # --------------------------------------------------------------------------- component payload
 
 
@@ -407,10 +466,15 @@ def payload(
     height: int = 640,
     dragmode: str = "zoom",
     selected: Sequence[int] = (),
+    equal_aspect: bool = False,
 ) -> dict[str, Any]:
     """The scatter component's arguments: per-point arrays as raw little-endian bytes (float32 /
     int32), everything else as JSON, and ``data_key``, a digest of all of it that lets the
     browser skip redrawing when a rerun sends the same map again.
+
+    ``equal_aspect``: one unit of ``y`` spans as many pixels as one unit of ``x`` (plotly's
+    ``scaleanchor``), for coordinates in a common unit such as a map projection's; otherwise
+    each axis stretches to fill the frame.
 
     ``selected`` (test rows) is left out of the digest: the browser already shows a selection
     it made; the rows only matter when the map is redrawn (another colouring), to keep it."""
@@ -434,6 +498,7 @@ def payload(
         "height": int(height),
         "dragmode": dragmode,
         "view_key": view_key,
+        "equal_aspect": bool(equal_aspect),
     }
     if color["mode"] == "continuous":
         args["values"] = _f32(color["values"])

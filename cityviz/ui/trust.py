@@ -42,25 +42,9 @@ from cityviz.ui.safe_text import csv_safe, html_escape, md_escape
 
 # --------------------------------------------------------------------------- the cache tables
 
-TRUST_COLUMNS: dict[str, tuple[str, ...]] = {
-    "mprt": ("model_id", "method", "step", "layer", "spearman", "spearman_lo", "spearman_hi",
-             "ssim", "ssim_lo", "ssim_hi", "n_images"),
-    "other_city": ("model_id", "method", "ar", "ar_lo", "ar_hi", "spearman", "n_images"),
-    "curves": ("model_id", "method", "curve", "order", "fraction", "prob"),
-    "auc": ("model_id", "method", "city", "curve", "order", "auc", "auc_lo", "auc_hi",
-            "n_images"),
-    "removal": ("model_id", "city", "object", "class_id", "n_images", "area", "acc_before",
-                "acc_after", "acc_random", "prob_before", "prob_after", "prob_random", "drop",
-                "drop_random", "drop_lo", "drop_hi", "causal"),
-}  # fmt: skip
-"""The columns this module reads from each ``trust/<name>.parquet`` (issue 11's contract)."""
 NULL_FILE = "stats/rpc_null.parquet"
 CONTRAST_FILE = "stats/rpc_contrast.parquet"
 VERDICT_FILE = "trust/verdict.json"
-NULL_COLUMNS = ("model_id", "city", "object", "threshold", "rpc", "null_lo", "null_hi",
-                "p_adjusted", "above_null")  # fmt: skip
-CONTRAST_COLUMNS = ("model_id", "city", "object", "threshold", "difference", "diff_lo",
-                    "diff_hi", "p_adjusted", "distinguishes")  # fmt: skip
 
 CHECK_NAMES = {
     "mprt": "Model-parameter randomisation (Adebayo et al. 2018)",
@@ -88,24 +72,27 @@ def not_built_message(root: object) -> str:
 
 
 def read_trust_table(cache: Cache, name: str) -> pd.DataFrame:
-    """``trust/<name>.parquet`` (``name`` in :data:`TRUST_COLUMNS`) through the cache's reader.
+    """``trust/<name>.parquet`` (``mprt``, ``other_city``, ``curves``, ``auc``, ``removal``)
+    through the cache's reader, which checks the columns of the contract
+    (:data:`cityviz.store.REQUIRED_COLUMNS`, the one list of them).
 
     Raises :class:`~cityviz.store.CacheMissing` when the stage has not written it and
     :class:`~cityviz.store.CacheError` (naming the file and the rebuild command) when it is
     damaged or lacks a column of the contract.
     """
-    return _checked(cache.root, f"trust/{name}.parquet", cache.trust_table(name),
-                    TRUST_COLUMNS[name])  # fmt: skip
+    return cache.trust_table(name)
 
 
 def read_rpc_null(cache: Cache) -> pd.DataFrame:
-    """``stats/rpc_null.parquet``: R_p^c against its permutation null, per threshold."""
-    return _checked(cache.root, NULL_FILE, cache.rpc_null(), NULL_COLUMNS)
+    """``stats/rpc_null.parquet``: R_p^c against its permutation null, per threshold (columns
+    checked by the cache's reader, as :func:`read_trust_table`)."""
+    return cache.rpc_null()
 
 
 def read_rpc_contrast(cache: Cache) -> pd.DataFrame:
-    """``stats/rpc_contrast.parquet``: R_p^c in a city against the other cities."""
-    return _checked(cache.root, CONTRAST_FILE, cache.rpc_contrast(), CONTRAST_COLUMNS)
+    """``stats/rpc_contrast.parquet``: R_p^c in a city against the other cities (columns
+    checked by the cache's reader, as :func:`read_trust_table`)."""
+    return cache.rpc_contrast()
 
 
 def read_verdicts(cache: Cache) -> dict[str, dict]:
@@ -117,13 +104,6 @@ def read_verdicts(cache: Cache) -> dict[str, dict]:
     if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
         raise damaged(cache.root, VERDICT_FILE, "is not a JSON object of per-model verdicts")
     return obj
-
-
-def _checked(root: Any, rel: str, df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise damaged(root, rel, f"lacks the column(s) {', '.join(missing)}")
-    return df
 
 
 def pairs(*tables: pd.DataFrame) -> list[tuple[str, str]]:
@@ -204,8 +184,9 @@ def mprt_figure(mprt: pd.DataFrame, model_id: str, method: str, title: str = "")
     """Spearman rank correlation and SSIM between the original and the randomised masks, after
     each cascading randomisation step (logits first), with the bands ``*_lo``..``*_hi`` (the
     stage writes the median and quartiles over images; Adebayo et al. 2018, fig. 2).
-    ``mprt`` has :data:`TRUST_COLUMNS` ``["mprt"]``; x ticks are ``step: layer`` in step order
-    (an empty layer name, the unrandomised model, reads "original").
+    ``mprt`` has the columns of ``trust/mprt.parquet`` (:data:`cityviz.store.REQUIRED_COLUMNS`);
+    x ticks are ``step: layer`` in step order (an empty layer name, the unrandomised model,
+    reads "original").
     Raises ``ValueError`` when the table has no row for the model and method."""
     rows = mprt[(mprt["model_id"] == model_id) & (mprt["method"] == method)]
     if rows.empty:

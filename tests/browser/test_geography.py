@@ -50,6 +50,13 @@ def test_geography_renders_offline_and_hover_shows_thumbnails(page, app_url):
     assert page.locator("[data-testid=stMain] h1").first.inner_text() == "Geography"
     assert "Tile-free view" in page.locator("[data-testid=stMain]").inner_text()
     assert frame.evaluate("window.cityviz.nPoints") > 10
+    # equal scale: a metre east spans as many pixels as a metre north (x = lon·cos(lat0), y = lat)
+    sx, sy = frame.evaluate(
+        "() => { const l = document.getElementById('cv-plot')._fullLayout;"
+        " const s = a => a._length / Math.abs(a.range[1] - a.range[0]);"
+        " return [s(l.xaxis), s(l.yaxis)]; }"
+    )
+    assert sx == pytest.approx(sy, rel=0.01)
     iframe.scroll_into_view_if_needed()  # every point inside the viewport, so the mouse reaches it
     row = isolated_row(frame)
     assert row is not None

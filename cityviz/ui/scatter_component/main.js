@@ -382,7 +382,8 @@
       showlegend: args.color.mode !== "continuous" && nTraces > 0,
       legend: { orientation: "h", x: 0, y: 1.0, yanchor: "bottom", itemsizing: "constant" },
       xaxis: axis,
-      yaxis: Object.assign({}, axis),
+      // A map projection's x and y share one unit: keep it, the frame's shape notwithstanding.
+      yaxis: Object.assign({}, axis, args.equal_aspect ? { scaleanchor: "x", scaleratio: 1 } : {}),
       plot_bgcolor: "#ffffff",
       paper_bgcolor: "rgba(0,0,0,0)",
       // In atlas mode the labels are drawn on the canvas, above the thumbnails.
