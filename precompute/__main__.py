@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    # openTSNE logs its choice of gradient method at INFO for every map: noise in a run's output
+    logging.getLogger("openTSNE").setLevel(logging.WARNING)
     log = logging.getLogger("precompute")
     run = _Run(args, log)
     previous = signal.getsignal(signal.SIGTERM)

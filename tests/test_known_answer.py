@@ -1,14 +1,15 @@
-"""Known answer: on synthetic cities, VGG11 and ResNet18 explanations land on the planted objects.
+"""Known answer: on synthetic cities, the demo's models' explanations land on the planted objects.
 
-A small synthetic set with the demo's settings (96 px cache, VGG11 fed 128 px and ResNet18 192 px,
-3 epochs, Grad-CAM++) goes through the real pipeline (train, CAMs, segmentation from the set's own
-labels, statistics), and every city's planted objects must rank above every shared object by
-R_p^c at the default threshold: the end-to-end check that masks, labels and eq. 1 line up.
+A small synthetic set with the demo's settings (96 px cache, Simple at 96 px and ResNet18 fed
+160 px, 3 epochs, batch 16, Grad-CAM) goes through the real pipeline (train, CAMs, segmentation
+from the set's own labels, statistics, trust checks), and every city's planted objects must rank
+above every shared object by R_p^c at the default threshold: the end-to-end check that masks,
+labels and eq. 1 line up.
 
-The set adds a ``control`` city without planted objects to tokyo-like and pittsburgh-like (30
-spots each). With two cities a network may learn one city's cues and call the rest the other
-city, and then nothing can show that other city's cues (README, Limits); with the control city
-both must be learnt, and the check has margins of 0.24 or more instead of a few hundredths.
+The set adds a ``control`` city without planted objects to tokyo-like and pittsburgh-like (40
+spots each, split 6:2:2: 96 training images per city). With two cities a network may learn one
+city's cues and call the rest the other city, and then nothing can show that other city's cues
+(README, Limits); with the control city both must be learnt.
 ``make demo`` prints the same check for all its models on its two-city set.
 """
 
@@ -21,6 +22,8 @@ from cityviz.store import Cache
 from precompute.__main__ import main
 from precompute.summary import known_answer
 
+MODELS = ["simple_s0", "resnet18_s0"]
+
 # the module fixture trains and runs every stage: on a loaded 2-core machine it can pass 600 s
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -30,8 +33,8 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("known")
     args = [
         "--profile", "demo", "--cities", "tokyo-like,pittsburgh-like,control",
-        "--spots-per-city", "30",
-        "--archs", "vgg11,resnet18", "--seeds", "0",
+        "--spots-per-city", "40", "--split", "6:2:2",
+        "--archs", "simple,resnet18", "--seeds", "0",
         "--stages", "data,train,cams,segment,stats,trust",
         "--trust-sample", "12", "--trust-removal-max", "8",
         "--cache", str(base / "cache"), "--data-dir", str(base / "data"), "--no-progress", "-q",
@@ -41,12 +44,12 @@ def trained(tmp_path_factory):
 
 
 def test_models_learn_the_synthetic_cities(trained):
-    # 72 test images of 3 cities (chance: 33 %); the demo's 90 % goal is measured on its 96 (README)
+    # 96 test images of 3 cities (chance: 33 %); the demo's 90 % goal is measured on its 1 008
     for m in trained.models:
         assert m["test_accuracy"] >= 0.75, m
 
 
-@pytest.mark.parametrize("model_id", ["vgg11_s0", "resnet18_s0"])
+@pytest.mark.parametrize("model_id", MODELS)
 def test_planted_objects_rank_above_every_shared_object(trained, model_id):
     disc = trained.manifest["dataset"]["discriminative"]
     assert disc == {
@@ -61,7 +64,7 @@ def test_planted_objects_rank_above_every_shared_object(trained, model_id):
     assert not failures, failures
 
 
-@pytest.mark.parametrize("model_id", ["vgg11_s0", "resnet18_s0"])
+@pytest.mark.parametrize("model_id", MODELS)
 def test_planted_objects_beat_their_null_and_distinguish_their_city(trained, model_id):
     """Issue 11's statistics-side checks on real pipeline output, at the default threshold.
 
@@ -101,7 +104,7 @@ def test_planted_objects_beat_their_null_and_distinguish_their_city(trained, mod
 REMOVAL_MARGIN = 0.3
 
 
-@pytest.mark.parametrize("model_id", ["vgg11_s0", "resnet18_s0"])
+@pytest.mark.parametrize("model_id", MODELS)
 def test_removing_planted_objects_drops_their_citys_accuracy(trained, model_id):
     disc = trained.manifest["dataset"]["discriminative"]
     planted_all = {o for objs in disc.values() for o in objs}
@@ -139,32 +142,31 @@ def _model_and_sample(cache: Cache, model_id: str, n: int = 12):
     return model, meta["arch"], x, pred
 
 
-@pytest.mark.parametrize("model_id", ["vgg11_s0", "resnet18_s0"])
+@pytest.mark.parametrize("model_id", MODELS)
 def test_randomisation_test_passes_on_the_trained_models(trained, model_id):
-    """MPRT (Adebayo et al. 2018) for the paper's Grad-CAM, computed here on 12 test images
-    down to the CAM layer, passes; the cache's Grad-CAM++, as the trust stage recorded it, is
-    judged by the same rule and stays more similar once the head is random (measured: it fails
-    the rule on both models; README, *Limits*)."""
+    """MPRT (Adebayo et al. 2018) of the cache's Grad-CAM, as the trust stage recorded it,
+    passes its rule. Grad-CAM++ is judged by the same rule on 12 test images for the record (it
+    failed it on VGG11 and ResNet18 in earlier runs: README, *Limits*)."""
     from cityviz.trust import sanity, verdict
 
-    model, arch, x, pred = _model_and_sample(trained, model_id)
-    steps = sanity.head_steps(model, arch)
-    res = sanity.mprt(model, arch, x, pred, method="gradcam", size=trained.image_size,
-                      max_steps=steps)  # fmt: skip
-    check = verdict.mprt_check(res.spearman, res.head_steps)
-    assert check["passed"], check
     recorded = trained.trust_verdict()[model_id]
-    assert recorded["method"] == "gradcam++"
-    plus = recorded["checks"]["mprt"]
-    assert plus["passed"] == (plus["value"] < verdict.MPRT_MAX)
-    assert plus["value"] > check["value"], (plus, check)
+    assert recorded["method"] == "gradcam"
+    check = recorded["checks"]["mprt"]
+    assert check["passed"], check
+    assert check["value"] < verdict.MPRT_MAX, check
+    model, arch, x, pred = _model_and_sample(trained, model_id)
+    res = sanity.mprt(model, arch, x, pred, method="gradcam++", size=trained.image_size,
+                      max_steps=sanity.head_steps(model, arch))  # fmt: skip
+    plus = verdict.mprt_check(res.spearman, res.head_steps)
+    print(f"{model_id}: MPRT Grad-CAM {check['value']:.3f}, Grad-CAM++ {plus['value']:.3f}")
+    assert np.isfinite(plus["value"])
 
 
 @pytest.fixture(scope="module")
 def shuffled(trained):
     """Adebayo et al. 2018's data-randomisation control: Simple trained on the same images with
-    the training labels shuffled (the demo's 3 epochs), then every trust check as the stage runs
-    them (Grad-CAM++)."""
+    the training labels shuffled (the demo's 3 epochs, batch and learning rate), then every trust
+    check as the stage runs them (the cache's CAM method)."""
     import torch
 
     from cityviz.models.train import predict, train_model
@@ -174,11 +176,11 @@ def shuffled(trained):
     labels = {s: images[images["split"] == s].sort_values("split_row")["city_idx"].to_numpy()
               for s in ("train", "val")}  # fmt: skip
     shuffled_labels = np.random.default_rng(0).permutation(labels["train"])
-    root = trained.root
+    root, cfg = trained.root, trained.manifest["config"]
     result = train_model(
         "simple", 0, np.load(root / "inputs/train.npy"), shuffled_labels,
-        np.load(root / "inputs/val.npy"), labels["val"], len(trained.cities), epochs=3,
-        batch_size=8, lr=1e-4, progress=False,
+        np.load(root / "inputs/val.npy"), labels["val"], len(trained.cities),
+        epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], progress=False,
     )  # fmt: skip
     model = result.model.eval()
     test = np.load(root / "inputs/test.npy")
@@ -187,7 +189,7 @@ def shuffled(trained):
     tables, verdict = check_model(
         model, "simple", test, probs.argmax(1), truth, trained.cities,
         labels=np.asarray(trained.labels()), class_names=trained.class_names(),
-        method="gradcam++", size=trained.image_size, sample=12, steps=10, removal_max=8,
+        method=cfg["cam_method"], size=trained.image_size, sample=12, steps=10, removal_max=8,
         min_pixels=100.0, n_boot=200, device=torch.device("cpu"), model_id="shuffled",
         probs_before=probs,
     )  # fmt: skip
