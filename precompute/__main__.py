@@ -513,9 +513,7 @@ class _Run:
 
         if "train" not in order or not todo:
             return None
-        n = len(dataset)
-        splits = zip(("train", "val", "test"), cfg.split_ratios, strict=True)
-        sizes = {s: int(r * n) for s, r in splits}
+        sizes = preflight.split_sizes(len(dataset), cfg.split_ratios)
         est = preflight.estimate_run(cfg, sizes, len(dataset.cities), device, todo)
         tip = preflight.advice(est, cfg, device)
         if tip:

@@ -160,6 +160,19 @@ def time_inference(arch: str, size: int, batch: int, n_classes: int, device) -> 
     return (time.perf_counter() - t0) / batch
 
 
+def split_sizes(n_images: int, ratios) -> dict[str, int]:
+    """Images per split expected from ``ratios`` (train, val, test shares of the spots, any
+    positive scale: ``(36, 12, 126)`` is ``(0.21, 0.07, 0.72)``), for the time estimate before
+    the data are split by spot.
+
+    Raises ValueError when the ratios are not three non-negative numbers with a positive sum."""
+    r = np.asarray(ratios, dtype=float)
+    if r.shape != (3,) or (r < 0).any() or r.sum() <= 0:
+        raise ValueError(f"need three non-negative split ratios with a positive sum, got {ratios}")
+    counts = np.rint(n_images * r / r.sum()).astype(int)
+    return dict(zip(("train", "val", "test"), counts.tolist(), strict=True))
+
+
 def estimate_run(
     cfg: RunConfig, split_sizes: dict[str, int], n_classes: int, device, todo_models: list[str]
 ) -> Estimate:

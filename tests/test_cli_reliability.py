@@ -268,6 +268,35 @@ def test_a_dry_run_estimates_and_writes_nothing(tmp_path, capsys, caplog, no_tra
     assert "estimated time" in caplog.text and "Dry run" in capsys.readouterr().out
 
 
+def test_the_estimate_counts_split_shares_at_any_scale(monkeypatch, tmp_path, no_training):
+    """``--split 36:12:126`` is shares of the spots, as 0.21:0.07:0.72 is: the time estimate must
+    see 288 training images of 1 392, not 36 × 1 392 (it once announced 16 h for a 5-min demo)."""
+    from precompute import preflight
+
+    assert preflight.split_sizes(1392, (36, 12, 126)) == {"train": 288, "val": 96, "test": 1008}
+    assert preflight.split_sizes(1392, (36, 12, 126)) == preflight.split_sizes(
+        1392, (36 / 174, 12 / 174, 126 / 174)
+    )
+    assert preflight.split_sizes(10, (0.6, 0.2, 0.2)) == {"train": 6, "val": 2, "test": 2}
+    for bad in [(1, 1), (1, -1, 1), (0, 0, 0)]:
+        with pytest.raises(ValueError, match="split ratios"):
+            preflight.split_sizes(10, bad)
+    seen = []
+    real = preflight.estimate_run
+    def spy(cfg, sizes, *rest):
+        seen.append(sizes)
+        return real(cfg, sizes, *rest)
+
+    monkeypatch.setattr(preflight, "estimate_run", spy)
+    photos = photo_folder(tmp_path / "photos")
+    rc = main(["--data", str(photos), "--cache", str(tmp_path / "c"), "--segmenter", "none",
+               "--split", "30:10:60", "--dry-run", "--no-progress"])  # fmt: skip
+    assert rc == 0 and len(seen) == 1
+    n = sum(seen[0].values())
+    assert 0 < n <= sum(1 for p in photos.rglob("*") if p.is_file()) + 3
+    assert seen[0]["test"] > seen[0]["train"] > seen[0]["val"]
+
+
 def test_a_long_run_is_announced_with_advice(monkeypatch, caplog, tmp_path, no_training):
     from precompute import preflight
 
@@ -289,20 +318,20 @@ def test_photos_without_a_profile_get_real_photo_settings():
     cfg, _ = build_config_with_sources(parse_args(["--data", "/tmp/p"]), cuda=True)
     assert cfg.epochs == 30 and cfg.image_size == 224  # the paper's setting on a GPU
     cfg, _ = build_config_with_sources(parse_args([]), cuda=False)
-    assert cfg.data == "synthetic" and cfg.cam_method == "gradcam++"  # the demo
+    assert cfg.data == "synthetic" and cfg.input_sizes == {"resnet18": 160}  # the demo
 
 
 def test_explicit_flags_always_win_over_the_profile():
     args = parse_args(["--profile", "demo", "--image-size", "128"])
     cfg, sources = build_config_with_sources(args, cuda=False)
-    assert cfg.image_size == 128 and cfg.input_size("resnet18") == 128  # not the demo's 192
+    assert cfg.image_size == 128 and cfg.input_size("resnet18") == 128  # not the demo's 160
     assert sources["image_size"] == "--image-size" and sources["cam_method"] == "profile demo"
     args = parse_args(["--profile", "demo", "--image-size", "128", "--input-size", "vgg11=160"])
     cfg, sources = build_config_with_sources(args, cuda=False)
-    assert cfg.input_size("vgg11") == 160 and cfg.input_size("resnet18") == 192
-    args = parse_args(["--profile", "demo", "--cam-method", "gradcam", "--batch-size", "4"])
+    assert cfg.input_size("vgg11") == 160 and cfg.input_size("resnet18") == 160
+    args = parse_args(["--profile", "demo", "--cam-method", "layercam", "--batch-size", "4"])
     cfg, sources = build_config_with_sources(args, cuda=False)
-    assert (cfg.cam_method, cfg.batch_size) == ("gradcam", 4)
+    assert (cfg.cam_method, cfg.batch_size) == ("layercam", 4)
     assert sources["cam_method"] == "--cam-method" and sources["batch_size"] == "--batch-size"
 
 
