@@ -149,10 +149,12 @@ def time_hovers(
     (``cityviz.lastHover``: ms, pick, ready, fetched, decoded; see main.js). ``rows``: hover
     these rows instead of :func:`hover_rows`."""
     iframe, frame = map_frame(page)
-    box = iframe.bounding_box()
-    away = (box["x"] + 5, box["y"] + 5)  # the legend strip: no point there
     in_page, round_trip, records = [], [], []
     for row in hover_rows(frame, n, seed) if rows is None else rows:
+        # the frame's place on the page, read again each time: the page may still reflow
+        # (captions, tables drawn below or above the map) after the map itself is ready
+        box = iframe.bounding_box()
+        away = (box["x"] + 5, box["y"] + 5)  # the legend strip: no point there
         p = frame.evaluate(f"window.cityviz.pointPixel({row})")
         page.mouse.move(*away)
         frame.wait_for_function("() => window.cityviz.hoverRow === null")

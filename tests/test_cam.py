@@ -208,22 +208,7 @@ def paper_reference_f64(model, arch, x, target, method, scale) -> torch.Tensor:
     trunk, head = split_model(model, arch)
     with torch.no_grad():
         a = trunk(x.double())
-    a.requires_grad_()
-    logits = head(a) * scale
-    (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), a)
-    a = a.detach()
-    if method == "gradcam":
-        cam = torch.einsum("bk,bkhw->bhw", g.mean((2, 3)), a)
-    elif method == "hirescam":
-        cam = (g * a).sum(1)
-    elif method == "layercam":
-        cam = (torch.relu(g) * a).sum(1)
-    else:
-        g2, g3 = g**2, g**3
-        denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g3
-        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1.0), 0.0)
-        cam = torch.einsum("bk,bkhw->bhw", (alpha * torch.relu(g)).sum((2, 3)), a)
-    return torch.relu(cam)
+    return _paper_cam_f64(a, head, target, method, scale)
 
 
 @pytest.mark.parametrize("arch", ["simple", "resnet18"])
