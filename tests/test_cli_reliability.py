@@ -325,7 +325,7 @@ def test_explicit_flags_always_win_over_the_profile():
     args = parse_args(["--profile", "demo", "--image-size", "128"])
     cfg, sources = build_config_with_sources(args, cuda=False)
     assert cfg.image_size == 128 and cfg.input_size("resnet18") == 128  # not the demo's 160
-    assert sources["image_size"] == "--image-size" and sources["cam_method"] == "profile demo"
+    assert sources["image_size"] == "--image-size" and sources["epochs"] == "profile demo"
     args = parse_args(["--profile", "demo", "--image-size", "128", "--input-size", "vgg11=160"])
     cfg, sources = build_config_with_sources(args, cuda=False)
     assert cfg.input_size("vgg11") == 160 and cfg.input_size("resnet18") == 160
